@@ -1,0 +1,256 @@
+"""Building blocks shared by the models, numerically interchangeable with PyTorch's layers.
+
+Every layer here keeps PyTorch's conventions where they change numbers:
+
+* initialization as ``torch.nn`` does it (``kaiming_uniform(a=sqrt(5))``, i.e. U(±1/sqrt(fan_in))
+  for weights and biases), or Glorot-uniform/zero bias as the HybridSN paper's Keras code;
+* explicit symmetric padding (Flax's ``"SAME"`` pads stride-2 convs differently from PyTorch);
+* BatchNorm with PyTorch's momentum (0.1) and epsilon (1e-5), normalizing by the biased batch
+  variance but tracking the *unbiased* one in ``batch_stats`` as ``torch.nn.BatchNorm*d`` does.
+
+Depthwise and 3D convolutions have two implementations with the same parameters and the same
+numbers: ``"reference"`` (XLA's grouped / 3D convolution) and ``"fast"`` (formulations that XLA
+compiles to much faster code on CPU; see docs/performance.md for the measurements).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+CONV_IMPLS = ("fast", "reference")
+INIT_SCHEMES = ("torch", "glorot")
+
+
+def _check_choice(kind: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {kind} {value!r}; choose one of {', '.join(map(repr, choices))}")
+
+
+def _uniform(bound: float) -> Initializer:
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def kernel_init(scheme: str, fan_in: int) -> Initializer:
+    """Weight initializer: PyTorch's default or Glorot uniform (the HybridSN paper's Keras code)."""
+    _check_choice("init scheme", scheme, INIT_SCHEMES)
+    if scheme == "torch":
+        return _uniform(1.0 / math.sqrt(fan_in))
+    return nn.initializers.glorot_uniform()
+
+
+def bias_init(scheme: str, fan_in: int) -> Initializer:
+    _check_choice("init scheme", scheme, INIT_SCHEMES)
+    if scheme == "torch":
+        return _uniform(1.0 / math.sqrt(fan_in))
+    return nn.initializers.zeros
+
+
+class Conv(nn.Module):
+    """A 2D or 3D convolution with PyTorch's padding and initialization (channels last)."""
+
+    features: int
+    kernel_size: tuple[int, ...]
+    strides: int = 1
+    padding: int = 0
+    use_bias: bool = False
+    init_scheme: str = "torch"
+    impl: str = "fast"
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        in_features = x.shape[-1]
+        fan_in = in_features * math.prod(self.kernel_size)
+        kernel = self.param(
+            "kernel",
+            kernel_init(self.init_scheme, fan_in),
+            (*self.kernel_size, in_features, self.features),
+        )
+        dtype = self.dtype or x.dtype
+        x, kernel = x.astype(dtype), kernel.astype(dtype)
+        _check_choice("conv impl", self.impl, CONV_IMPLS)
+        if self.impl == "fast":
+            y = conv_im2col(x, kernel, self.strides, self.padding)
+        else:
+            y = _conv(x, kernel, self.strides, self.padding, groups=1)
+        if self.use_bias:
+            bias = self.param("bias", bias_init(self.init_scheme, fan_in), (self.features,))
+            y = y + bias.astype(dtype)
+        return y
+
+
+class DepthwiseConv(nn.Module):
+    """A depthwise 2D convolution (PyTorch ``groups=in_channels``), kernel shaped (kh, kw, 1, C)."""
+
+    kernel_size: tuple[int, int] = (3, 3)
+    strides: int = 1
+    padding: int = 1
+    init_scheme: str = "torch"
+    impl: str = "fast"
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        _check_choice("conv impl", self.impl, CONV_IMPLS)
+        channels = x.shape[-1]
+        kernel = self.param(
+            "kernel",
+            kernel_init(self.init_scheme, math.prod(self.kernel_size)),
+            (*self.kernel_size, 1, channels),
+        )
+        dtype = self.dtype or x.dtype
+        x, kernel = x.astype(dtype), kernel.astype(dtype)
+        if self.impl == "fast":
+            return depthwise_conv_shifted(x, kernel, self.strides, self.padding)
+        return _conv(x, kernel, self.strides, self.padding, groups=channels)
+
+
+class Dense(nn.Module):
+    """``torch.nn.Linear``: kernel (in, out) and bias, PyTorch's or Glorot initialization."""
+
+    features: int
+    init_scheme: str = "torch"
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        fan_in = x.shape[-1]
+        kernel = self.param("kernel", kernel_init(self.init_scheme, fan_in), (fan_in, self.features))
+        bias = self.param("bias", bias_init(self.init_scheme, fan_in), (self.features,))
+        dtype = self.dtype or x.dtype
+        return x.astype(dtype) @ kernel.astype(dtype) + bias.astype(dtype)
+
+
+class BatchNorm(nn.Module):
+    """``torch.nn.BatchNorm{1,2,3}d`` over the last axis, running statistics in ``batch_stats``.
+
+    Train mode normalizes with the biased batch variance and folds the *unbiased* variance into
+    the running estimate, exactly as PyTorch does, so converted checkpoints keep evolving alike.
+    Statistics are computed in float32 whatever the compute dtype.
+    """
+
+    use_running_average: bool
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        channels = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (channels,))
+        bias = self.param("bias", nn.initializers.zeros, (channels,))
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
+        running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
+        if self.use_running_average:
+            mean, var = running_mean.value, running_var.value
+        else:
+            axes = tuple(range(x.ndim - 1))
+            x32 = x.astype(jnp.float32)
+            mean = jnp.mean(x32, axes)
+            var = jnp.mean(jnp.square(x32 - mean), axes)
+            if not self.is_initializing():
+                count = math.prod(x.shape[:-1])
+                unbiased = var * (count / max(count - 1, 1))
+                running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
+                running_var.value = (1 - self.momentum) * running_var.value + self.momentum * unbiased
+        multiplier = scale * lax.rsqrt(var + self.epsilon)
+        shift = bias - mean * multiplier
+        return (x * multiplier.astype(x.dtype) + shift.astype(x.dtype)).astype(x.dtype)
+
+
+def _conv(x: Array, kernel: Array, strides: int, padding: int, groups: int) -> Array:
+    spatial = x.ndim - 2
+    dims = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(strides,) * spatial,
+        padding=[(padding, padding)] * spatial,
+        dimension_numbers=dims[spatial],
+        feature_group_count=groups,
+    )
+
+
+def depthwise_conv_shifted(x: Array, kernel: Array, strides: int, padding: int) -> Array:
+    """Depthwise conv as kh·kw shifted multiply-adds, which XLA fuses into one loop.
+
+    XLA's CPU backend lowers ``feature_group_count == channels`` to a slow generic kernel
+    (jax issue #23713); this formulation is elementwise work only and several times faster,
+    forward and backward, with the same numbers up to float rounding.
+    """
+    kh, kw = kernel.shape[:2]
+    n, h, w, c = x.shape
+    out_h = (h + 2 * padding - kh) // strides + 1
+    out_w = (w + 2 * padding - kw) // strides + 1
+    padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            window = lax.slice(
+                padded,
+                (0, i, j, 0),
+                (n, i + (out_h - 1) * strides + 1, j + (out_w - 1) * strides + 1, c),
+                (1, strides, strides, 1),
+            )
+            term = window * kernel[i, j, 0]
+            out = term if out is None else out + term
+    return out
+
+
+def conv_im2col(x: Array, kernel: Array, strides: int, padding: int) -> Array:
+    """N-d convolution as one matrix product over unfolded patches (im2col).
+
+    XLA's CPU convolutions run far below its matrix-product speed, worst for 3D convs with few
+    channels (jax issue #13800); gathering every tap into the contraction axis turns each conv
+    into a single large GEMM. Tap order (kd, kh, kw, C) matches the kernel's layout.
+    """
+    spatial = x.ndim - 2
+    taps = kernel.shape[:spatial]
+    cin, cout = kernel.shape[-2:]
+    if padding:
+        x = jnp.pad(x, ((0, 0),) + ((padding, padding),) * spatial + ((0, 0),))
+    out_sizes = [(x.shape[1 + a] - taps[a]) // strides + 1 for a in range(spatial)]
+    if math.prod(taps) == 1:
+        cols = x[(slice(None),) + (slice(None, None, strides),) * spatial]
+    else:
+        windows = []
+        for offsets in itertools.product(*(range(t) for t in taps)):
+            start = (0, *offsets, 0)
+            limit = (x.shape[0], *(o + (n - 1) * strides + 1 for o, n in zip(offsets, out_sizes)), cin)
+            windows.append(lax.slice(x, start, limit, (1, *(strides,) * spatial, 1)))
+        cols = jnp.concatenate(windows, axis=-1)
+    return (cols.reshape(-1, cols.shape[-1]) @ kernel.reshape(-1, cout)).reshape(x.shape[0], *out_sizes, cout)
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round a scaled channel count as the MobileNet reference code does (never below 90%)."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def check_input(x: Array, *, rank: int, expected: dict[int, int], model: str, hint: str) -> None:
+    """Fail early, naming the expected and the given shape, instead of deep inside XLA."""
+    if x.ndim != rank:
+        raise ValueError(
+            f"{model} expects a rank-{rank} input {hint}, got shape {tuple(x.shape)} (rank {x.ndim})"
+        )
+    for axis, size in expected.items():
+        if x.shape[axis] != size:
+            raise ValueError(
+                f"{model} expects {hint} with size {size} on axis {axis % rank}, "
+                f"got shape {tuple(x.shape)}"
+            )

@@ -1,0 +1,81 @@
+"""MobileNetV1: depthwise separable convolutions (Howard et al., 2017).
+
+``MobileNetV1`` with the default config is the study note's CIFAR-10 network (kuangliu's
+pytorch-cifar): 3×3 stem at stride 1, nine separable blocks, 2×2 average pool, linear head.
+Submodules are named after the note's PyTorch attributes (``layers_3`` ↔ ``layers.3``) so that
+checkpoints convert key by key (see :mod:`lightnets_jax.convert`).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from lightnets_jax.models.layers import BatchNorm, Conv, Dense, DepthwiseConv, check_input, make_divisible
+
+# (output channels, depthwise stride) per separable block.
+NOTE_CFG = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (1024, 2), (1024, 1))
+# The paper's Table 1: 13 depthwise layers, five 512-wide stride-1 blocks.
+PAPER_CFG = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)) + ((512, 1),) * 5 + (
+    (1024, 2),
+    (1024, 1),
+)
+
+
+class Block(nn.Module):
+    """Depthwise 3×3 + BN + ReLU, then pointwise 1×1 + BN + ReLU."""
+
+    out_planes: int
+    stride: int = 1
+    conv_impl: str = "fast"
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        out = DepthwiseConv(strides=self.stride, padding=1, impl=self.conv_impl, dtype=self.dtype, name="conv1")(x)
+        out = nn.relu(BatchNorm(not train, name="bn1")(out))
+        out = Conv(self.out_planes, (1, 1), impl=self.conv_impl, dtype=self.dtype, name="conv2")(out)
+        return nn.relu(BatchNorm(not train, name="bn2")(out))
+
+
+class MobileNetV1(nn.Module):
+    """MobileNetV1 for CIFAR (stem stride 1, fixed 32×32 input) or ImageNet (stem stride 2, any size).
+
+    Attributes:
+      num_classes: size of the linear head.
+      cfg: (channels, stride) per separable block, before the width multiplier.
+      width_multiplier: the paper's α, applied to every layer's width.
+      stem_stride: 1 for CIFAR (the note), 2 for ImageNet (the paper).
+      input_size: the fixed input side for the CIFAR network (its 2×2 pool assumes 32×32);
+        ``None`` for global average pooling over any resolution.
+      conv_impl: ``"fast"`` or ``"reference"`` depthwise convolution (same numbers).
+      dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
+    """
+
+    num_classes: int = 10
+    cfg: tuple[tuple[int, int], ...] = NOTE_CFG
+    width_multiplier: float = 1.0
+    stem_stride: int = 1
+    input_size: int | None = 32
+    conv_impl: str = "fast"
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        expected = {-1: 3}
+        if self.input_size is not None:
+            expected.update({1: self.input_size, 2: self.input_size})
+        check_input(x, rank=4, expected=expected, model="MobileNetV1",
+                    hint="image batch (N, H, W, 3)" if self.input_size is None
+                    else f"image batch (N, {self.input_size}, {self.input_size}, 3)")
+        width = lambda c: make_divisible(c * self.width_multiplier)
+        out = Conv(width(32), (3, 3), strides=self.stem_stride, padding=1, impl=self.conv_impl, dtype=self.dtype, name="conv1")(x)
+        out = nn.relu(BatchNorm(not train, name="bn1")(out))
+        for i, (planes, stride) in enumerate(self.cfg):
+            out = Block(width(planes), stride, self.conv_impl, self.dtype, name=f"layers_{i}")(out, train)
+        if self.input_size is not None:
+            out = nn.avg_pool(out, (2, 2), strides=(2, 2))  # the note's F.avg_pool2d(out, 2)
+            out = out.reshape(out.shape[0], -1)
+        else:
+            out = jnp.mean(out, axis=(1, 2))
+        return Dense(self.num_classes, dtype=self.dtype, name="linear")(out).astype(jnp.float32)
