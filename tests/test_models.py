@@ -1,0 +1,144 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from lightnets_jax import convert, models
+from lightnets_jax.summary import summarize
+
+PARAMS = {
+    "mobilenet_v1": 2_142_026,
+    "mobilenet_v1_paper": 3_217_226,
+    "mobilenet_v2": 2_296_922,
+    "hybridsn": 5_122_176,
+    "hybridsn_bn": 5_122_416,
+    "mobilenet_v1_imagenet": 4_231_976,  # the paper's 4.2M
+    "mobilenet_v2_imagenet": 3_504_872,  # the paper's 3.4M (torchvision's count)
+}
+
+
+def _count(name, shape, **options):
+    model = models.create(name, **options)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
+    return sum(v.size for v in jax.tree.leaves(variables["params"]))
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_parameter_counts(name):
+    shape = (1, 25, 25, 30) if name.startswith("hybridsn") else (1, 224, 224, 3) if "imagenet" in name else (1, 32, 32, 3)
+    assert _count(name, shape) == PARAMS[name]
+
+
+def test_registry_lists_names_and_rejects_unknown():
+    assert set(PARAMS) <= set(models.available())
+    with pytest.raises(ValueError, match="available models: .*mobilenet_v1"):
+        models.create("resnet50")
+    with pytest.raises(TypeError, match="no option depth_multiplier.*width_multiplier"):
+        models.create("mobilenet_v1", depth_multiplier=2)
+
+
+def test_mobilenet_v1_stage_shapes_match_the_note():
+    layers = {l.path: l.output_shape[1:] for l in summarize("mobilenet_v1").layers}
+    assert layers["conv1"] == (32, 32, 32)
+    expected = [(32, 32, 64), (16, 16, 128), (16, 16, 128), (8, 8, 256), (8, 8, 256), (4, 4, 512), (4, 4, 512),
+                (2, 2, 1024), (2, 2, 1024)]
+    assert [layers[f"layers_{i}/conv2"] for i in range(9)] == expected
+    assert layers["linear"] == (10,)
+
+
+def test_mobilenet_v2_and_hybridsn_stage_shapes():
+    v2 = {l.path: l.output_shape[1:] for l in summarize("mobilenet_v2").layers}
+    assert v2["layers_0/conv3"] == (32, 32, 16)
+    assert v2["layers_3/conv3"] == (16, 16, 32) and v2["layers_6/conv3"] == (8, 8, 64)
+    assert v2["layers_13/conv3"] == (4, 4, 160) and v2["conv2"] == (4, 4, 1280)
+    hs = {l.path: l.output_shape[1:] for l in summarize("hybridsn").layers}
+    assert hs["conv1_0"] == (24, 23, 23, 8) and hs["conv2_0"] == (20, 21, 21, 16)
+    assert hs["conv3_0"] == (18, 19, 19, 32) and hs["conv4_0"] == (17, 17, 64) and hs["fc1"] == (256,)
+
+
+def test_separable_cost_equals_note_formula():
+    summary = summarize("mobilenet_v1")
+    pairs = [l for l in summary.layers if l.separable_ratio is not None]
+    assert len(pairs) == 9
+    for layer in pairs:
+        assert layer.separable_ratio == pytest.approx(1 / layer.output_shape[-1] + 1 / 9, rel=1e-12)
+
+
+def test_width_multiplier_and_options_change_parameter_count():
+    assert _count("mobilenet_v1", (1, 32, 32, 3), width_multiplier=0.5) < PARAMS["mobilenet_v1"] / 3
+    assert _count("mobilenet_v2_imagenet", (1, 160, 160, 3), width_multiplier=0.5) < PARAMS["mobilenet_v2_imagenet"]
+    smaller = _count("hybridsn", (1, 15, 15, 20), patch_size=15, bands=20, num_classes=9)
+    # bands 20 -> depth 8 after the 3D convs (32 x 8 = 256 channels); 15x15 -> 9x9 -> 7x7 after conv4
+    assert smaller == 512 + 5776 + 13856 + (3 * 3 * 256 * 64 + 64) + (64 * 7 * 7 * 256 + 256) + 32896 + 129 * 9
+
+
+def test_imagenet_models_take_any_resolution():
+    model = models.create("mobilenet_v2_imagenet", num_classes=5)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 96, 96, 3)))
+    assert model.apply(variables, jnp.zeros((2, 128, 128, 3))).shape == (2, 5)
+
+
+@pytest.mark.parametrize(
+    "name, shape, match",
+    [
+        ("hybridsn", (2, 21, 21, 30), r"\(N, 25, 25, 30\).*got shape \(2, 21, 21, 30\)"),
+        ("hybridsn", (2, 25, 25, 20), r"\(N, 25, 25, 30\).*got shape \(2, 25, 25, 20\)"),
+        ("mobilenet_v1", (2, 32, 32, 1), r"\(N, 32, 32, 3\).*got shape \(2, 32, 32, 1\)"),
+        ("mobilenet_v2", (32, 32, 3), r"rank-4.*got shape \(32, 32, 3\)"),
+    ],
+)
+def test_bad_input_shapes_raise_clear_errors(name, shape, match):
+    with pytest.raises(ValueError, match=match):
+        models.create(name).init(jax.random.key(0), jnp.zeros(shape))
+
+
+def _fake_state_dict(name):
+    variables = convert.expected_variables(name)
+    return {convert._torch_key(path): np.zeros(convert._torch_shape(path, spec.shape), np.float32)
+            for path, spec in variables.items()}
+
+
+def test_converter_names_missing_and_misshapen_keys():
+    state = _fake_state_dict("hybridsn")
+    assert "conv1.0.weight" in state and state["conv1.0.weight"].shape == (8, 1, 7, 3, 3)
+    convert.from_torch("hybridsn", state)  # complete and well-shaped: converts
+    del state["fc2.bias"]
+    state["fc1.weight"] = np.zeros((256, 100), np.float32)
+    with pytest.raises(ValueError) as err:
+        convert.from_torch("hybridsn", state)
+    assert "missing keys: fc2.bias (128,)" in str(err.value)
+    assert "fc1.weight: expected (256, 18496), got (256, 100)" in str(err.value)
+
+
+def test_eval_is_deterministic_and_train_uses_dropout_rng():
+    model = models.create("hybridsn", patch_size=11, bands=16, num_classes=4)
+    x = jax.random.normal(jax.random.key(1), (3, 11, 11, 16))
+    variables = model.init(jax.random.key(0), x)
+    first, second = model.apply(variables, x), model.apply(variables, x)
+    np.testing.assert_array_equal(first, second)
+    a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
+    b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
+    assert not np.allclose(a, b)
+
+
+def test_fast_and_reference_paths_agree_with_bf16_option_running():
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    fast = models.create("mobilenet_v2")
+    variables = fast.init(jax.random.key(0), x)
+    reference = models.create("mobilenet_v2", conv_impl="reference")
+    np.testing.assert_allclose(fast.apply(variables, x), reference.apply(variables, x), atol=1e-4)
+    bf16 = models.create("mobilenet_v2", dtype=jnp.bfloat16).apply(variables, x)
+    assert bf16.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(bf16)))
+
+
+def test_batch_stats_update_only_in_train_mode():
+    model = models.create("mobilenet_v1", width_multiplier=0.25)
+    x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3)) + 3.0
+    variables = model.init(jax.random.key(0), x)
+    _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    before = traverse_util.flatten_dict(variables["batch_stats"])
+    after = traverse_util.flatten_dict(updates["batch_stats"])
+    assert not np.allclose(before[("bn1", "mean")], after[("bn1", "mean")])
+    eval_out = model.apply(variables, x, train=False)
+    np.testing.assert_array_equal(eval_out, model.apply(variables, x, train=False))
