@@ -53,13 +53,13 @@ class HybridSN(nn.Module):
         out = jnp.transpose(x, (0, 3, 1, 2))[..., None]
         for i, (features, kernel) in enumerate(CONV3D_CFG, start=1):
             out = Conv(features, kernel, use_bias=True, init_scheme=self.init_scheme, impl=self.conv_impl,
-                       dtype=self.dtype, name=f"conv{i}_0")(out)
+                       dtype=self.dtype, name=f"conv{i}_0")(out, train)
             out = nn.relu(self._maybe_bn(out, train, f"conv{i}_1"))
         n, depth, h, w, c = out.shape
         # PyTorch's reshape(N, -1, H, W) of (N, C, D, H, W): channel index c * D + d.
         out = jnp.transpose(out, (0, 2, 3, 4, 1)).reshape(n, h, w, c * depth)
         out = Conv(64, (3, 3), use_bias=True, init_scheme=self.init_scheme, impl=self.conv_impl,
-                   dtype=self.dtype, name="conv4_0")(out)
+                   dtype=self.dtype, name="conv4_0")(out, train)
         out = nn.relu(self._maybe_bn(out, train, "conv4_1"))
         out = jnp.transpose(out, (0, 3, 1, 2)).reshape(n, -1)  # flatten as (C, H, W)
         dropout = nn.Dropout(self.dropout_rate, deterministic=not train)

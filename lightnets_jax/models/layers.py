@@ -71,7 +71,7 @@ class Conv(nn.Module):
     dtype: jnp.dtype | None = None
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, train: bool = False) -> Array:
         in_features = x.shape[-1]
         fan_in = in_features * math.prod(self.kernel_size)
         kernel = self.param(
@@ -83,7 +83,7 @@ class Conv(nn.Module):
         x, kernel = x.astype(dtype), kernel.astype(dtype)
         _check_choice("conv impl", self.impl, CONV_IMPLS)
         if self.impl == "fast":
-            y = conv_im2col(x, kernel, self.strides, self.padding)
+            y = conv_im2col(x, kernel, self.strides, self.padding, chunked=not train)
         else:
             y = _conv(x, kernel, self.strides, self.padding, groups=1)
         if self.use_bias:
@@ -209,29 +209,44 @@ def depthwise_conv_shifted(x: Array, kernel: Array, strides: int, padding: int) 
     return out
 
 
-def conv_im2col(x: Array, kernel: Array, strides: int, padding: int) -> Array:
-    """N-d convolution as one matrix product over unfolded patches (im2col).
+# Samples per im2col chunk: the unfolded patches of a whole batch take gigabytes (HybridSN's conv2:
+# 1.6 GB at batch 128) and XLA spends most of the conv writing them to fresh memory; chunks of a
+# few samples stay small and are 3-4x faster forward (docs/performance.md).
+IM2COL_CHUNK = 8
+
+
+def conv_im2col(x: Array, kernel: Array, strides: int, padding: int, chunked: bool = True) -> Array:
+    """N-d convolution as matrix products over unfolded patches (im2col), a few samples at a time.
 
     XLA's CPU convolutions run far below its matrix-product speed, worst for 3D convs with few
     channels (jax issue #13800); gathering every tap into the contraction axis turns each conv
-    into a single large GEMM. Tap order (kd, kh, kw, C) matches the kernel's layout.
+    into GEMMs. Tap order (kd, kh, kw, C) matches the kernel's layout. ``chunked=False`` unfolds
+    the whole batch at once: slower forward, but its backward is faster than the chunk loop's,
+    so training uses it.
     """
     spatial = x.ndim - 2
     taps = kernel.shape[:spatial]
-    cin, cout = kernel.shape[-2:]
+    cout = kernel.shape[-1]
     if padding:
         x = jnp.pad(x, ((0, 0),) + ((padding, padding),) * spatial + ((0, 0),))
-    out_sizes = [(x.shape[1 + a] - taps[a]) // strides + 1 for a in range(spatial)]
-    if math.prod(taps) == 1:
+    out_sizes = tuple((x.shape[1 + a] - taps[a]) // strides + 1 for a in range(spatial))
+    matrix = kernel.reshape(-1, cout)
+    if math.prod(taps) == 1:  # a 1x1 conv is one GEMM, nothing to unfold
         cols = x[(slice(None),) + (slice(None, None, strides),) * spatial]
-    else:
+        return (cols.reshape(-1, cols.shape[-1]) @ matrix).reshape(x.shape[0], *out_sizes, cout)
+
+    def unfold_and_multiply(chunk: Array) -> Array:
         windows = []
         for offsets in itertools.product(*(range(t) for t in taps)):
-            start = (0, *offsets, 0)
-            limit = (x.shape[0], *(o + (n - 1) * strides + 1 for o, n in zip(offsets, out_sizes)), cin)
-            windows.append(lax.slice(x, start, limit, (1, *(strides,) * spatial, 1)))
+            limit = (chunk.shape[0], *(o + (n - 1) * strides + 1 for o, n in zip(offsets, out_sizes)), chunk.shape[-1])
+            windows.append(lax.slice(chunk, (0, *offsets, 0), limit, (1, *(strides,) * spatial, 1)))
         cols = jnp.concatenate(windows, axis=-1)
-    return (cols.reshape(-1, cols.shape[-1]) @ kernel.reshape(-1, cout)).reshape(x.shape[0], *out_sizes, cout)
+        return (cols.reshape(-1, cols.shape[-1]) @ matrix).reshape(chunk.shape[0], *out_sizes, cout)
+
+    batch = x.shape[0]
+    chunk = math.gcd(batch, IM2COL_CHUNK) if chunked else batch
+    chunks = lax.map(unfold_and_multiply, x.reshape(batch // chunk, chunk, *x.shape[1:]))
+    return chunks.reshape(batch, *out_sizes, cout)
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:

@@ -69,7 +69,7 @@ class MobileNetV1(nn.Module):
                     hint="image batch (N, H, W, 3)" if self.input_size is None
                     else f"image batch (N, {self.input_size}, {self.input_size}, 3)")
         width = lambda c: make_divisible(c * self.width_multiplier)
-        out = Conv(width(32), (3, 3), strides=self.stem_stride, padding=1, impl=self.conv_impl, dtype=self.dtype, name="conv1")(x)
+        out = Conv(width(32), (3, 3), strides=self.stem_stride, padding=1, impl=self.conv_impl, dtype=self.dtype, name="conv1")(x, train)
         out = nn.relu(BatchNorm(not train, name="bn1")(out))
         for i, (planes, stride) in enumerate(self.cfg):
             out = Block(width(planes), stride, self.conv_impl, self.dtype, name=f"layers_{i}")(out, train)

@@ -92,7 +92,7 @@ class MobileNetV2(nn.Module):
                     else f"image batch (N, {self.input_size}, {self.input_size}, 3)")
         act = ACTIVATIONS[self.activation]
         width = lambda c: make_divisible(c * self.width_multiplier)
-        out = Conv(width(32), (3, 3), strides=2 if self.imagenet else 1, padding=1, impl=self.conv_impl, dtype=self.dtype, name="conv1")(x)
+        out = Conv(width(32), (3, 3), strides=2 if self.imagenet else 1, padding=1, impl=self.conv_impl, dtype=self.dtype, name="conv1")(x, train)
         out = act(BatchNorm(not train, name="bn1")(out))
         index = 0
         for expansion, channels, repeats, first_stride in self.cfg:

@@ -1,0 +1,122 @@
+"""The ``lightnets`` command: train, evaluate, summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lightnets_jax import models
+
+HSI_MODELS = ("hybridsn", "hybridsn_bn")
+
+
+def _train(args) -> int:
+    from lightnets_jax.tasks import hyperspectral
+
+    if args.model not in models.available():
+        raise ValueError(f"unknown model {args.model!r}; available models: {', '.join(models.available())}")
+    if args.model not in HSI_MODELS:
+        raise ValueError(f"training {args.model!r} on CIFAR-10 is not implemented yet (issue 3); "
+                         f"trainable now: {', '.join(HSI_MODELS)}")
+    base = hyperspectral.RECIPES[args.recipe]
+    optimizer = base["optimizer"]
+    if args.lr is not None or args.schedule is not None:
+        import dataclasses
+
+        optimizer = dataclasses.replace(optimizer, learning_rate=args.lr or optimizer.learning_rate,
+                                        schedule=args.schedule or optimizer.schedule)
+    config = hyperspectral.make_config(
+        args.recipe, model=args.model, scene=args.scene, cube=args.cube, gt=args.gt, data_dir=args.data_dir,
+        cube_key=args.cube_key, gt_key=args.gt_key, pca_components=args.pca_components, pca_fit=args.pca_fit,
+        patch_size=args.patch_size, split=args.split, test_ratio=args.test_ratio, per_class=args.per_class,
+        split_seed=args.split_seed, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
+        init_scheme=args.init, optimizer=optimizer, predict_map=not args.no_map,
+    )
+    workdir = Path(args.workdir or f"runs/{args.model}_{config.scene}_seed{config.seed}")
+    report = hyperspectral.train(config, workdir, resume=args.resume)
+    print(f"results in {workdir}: report.json, classification_report.txt, classification_map.png")
+    print("OA %.2f  AA %.2f  Kappa %.2f  (train %.0f s)" % (report["overall_accuracy"], report["average_accuracy"],
+                                                          report["kappa"], report["train_wall_seconds"]))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from lightnets_jax.tasks import hyperspectral
+
+    report = hyperspectral.evaluate(Path(args.workdir))
+    print("OA %.2f  AA %.2f  Kappa %.2f" % (report["overall_accuracy"], report["average_accuracy"], report["kappa"]))
+    return 0
+
+
+def _summary(args) -> int:
+    from lightnets_jax.summary import summarize
+
+    options = json.loads(args.options) if args.options else {}
+    shape = tuple(args.input_shape) if args.input_shape else None
+    summary = summarize(args.model, shape, **options)
+    print(summary.to_json() if args.json else summary.to_table())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lightnets", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model and write its report")
+    train.add_argument("model", help=f"one of: {', '.join(models.available())}")
+    train.add_argument("--recipe", default="default", choices=["default", "note"],
+                       help="'note': the study note's recipe exactly; 'default': ours (see README)")
+    train.add_argument("--workdir", help="where checkpoints and reports go (default runs/MODEL_SCENE_seedN)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --workdir")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--schedule", choices=["constant", "cosine", "step", "onecycle"])
+    train.add_argument("--init", choices=["torch", "glorot"], help="weight initialization")
+    train.add_argument("--seed", type=int, help="initialization, dropout and shuffling seed")
+    hsi = train.add_argument_group("hyperspectral data")
+    hsi.add_argument("--scene", choices=["indian_pines", "salinas", "paviau"], default="indian_pines")
+    hsi.add_argument("--cube", help=".mat or .npy image cube (H, W, bands)")
+    hsi.add_argument("--gt", help=".mat or .npy ground truth (H, W), 0 = unlabelled")
+    hsi.add_argument("--data-dir", help="folder with the scene's usual .mat files")
+    hsi.add_argument("--cube-key")
+    hsi.add_argument("--gt-key")
+    hsi.add_argument("--pca-components", type=int)
+    hsi.add_argument("--pca-fit", choices=["scene", "train"])
+    hsi.add_argument("--patch-size", type=int)
+    hsi.add_argument("--split", choices=["stratified", "disjoint", "per-class"])
+    hsi.add_argument("--test-ratio", type=float)
+    hsi.add_argument("--per-class", type=int)
+    hsi.add_argument("--split-seed", type=int)
+    hsi.add_argument("--no-map", action="store_true", help="predict test pixels only, no full-scene map")
+    train.set_defaults(func=_train)
+
+    evaluate = sub.add_parser("evaluate", help="re-create the report from a workdir's latest checkpoint")
+    evaluate.add_argument("--workdir", required=True)
+    evaluate.set_defaults(func=_evaluate)
+
+    summary = sub.add_parser("summary", help="layer table: output shapes, parameters, multiply-adds")
+    summary.add_argument("model")
+    summary.add_argument("--json", action="store_true", help="print totals as JSON")
+    summary.add_argument("--input-shape", type=int, nargs="+", help="e.g. 1 224 224 3")
+    summary.add_argument("--options", help='model options as JSON, e.g. \'{"width_multiplier": 0.5}\'')
+    summary.set_defaults(func=_summary)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as err:
+        print(f"lightnets: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lightnets: interrupted; the last finished epoch is checkpointed (continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

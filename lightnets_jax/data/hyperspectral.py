@@ -1,0 +1,302 @@
+"""Hyperspectral scenes for pixel classification: loading, PCA, splits and patch extraction.
+
+Follows the study note's HybridSN pipeline (PCA with whitening, zero padding, a square patch
+around every labelled pixel, label 0 dropped and labels shifted to 0..K-1, a stratified split),
+but never materializes the note's (pixels × S × S × B) float64 array: a split is a list of pixel
+coordinates, and patches are cut from the padded, PCA-reduced cube only for the pixels a batch
+needs (:func:`gather_patches`, vectorized NumPy or jitted JAX with the cube on device).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+from pathlib import Path
+
+import numpy as np
+
+INDIAN_PINES_CLASSES = (
+    "Alfalfa", "Corn-notill", "Corn-mintill", "Corn", "Grass-pasture", "Grass-trees", "Grass-pasture-mowed",
+    "Hay-windrowed", "Oats", "Soybean-notill", "Soybean-mintill", "Soybean-clean", "Wheat", "Woods",
+    "Buildings-Grass-Trees-Drives", "Stone-Steel-Towers",
+)
+SALINAS_CLASSES = (
+    "Brocoli_green_weeds_1", "Brocoli_green_weeds_2", "Fallow", "Fallow_rough_plow", "Fallow_smooth", "Stubble",
+    "Celery", "Grapes_untrained", "Soil_vinyard_develop", "Corn_senesced_green_weeds", "Lettuce_romaine_4wk",
+    "Lettuce_romaine_5wk", "Lettuce_romaine_6wk", "Lettuce_romaine_7wk", "Vinyard_untrained",
+    "Vinyard_vertical_trellis",
+)
+PAVIAU_CLASSES = (
+    "Asphalt", "Meadows", "Gravel", "Trees", "Painted metal sheets", "Bare Soil", "Bitumen", "Self-Blocking Bricks",
+    "Shadows",
+)
+# Scenes the user supplies as files (the usual .mat names and keys); Indian Pines is bundled.
+SCENES = {
+    "indian_pines": {"classes": INDIAN_PINES_CLASSES, "files": ("Indian_pines_corrected.mat", "Indian_pines_gt.mat")},
+    "salinas": {"classes": SALINAS_CLASSES, "files": ("Salinas_corrected.mat", "Salinas_gt.mat")},
+    "paviau": {"classes": PAVIAU_CLASSES, "files": ("PaviaU.mat", "PaviaU_gt.mat")},
+}
+
+
+class DataError(ValueError):
+    """Bad or unreadable input data; the message says what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+    name: str
+    cube: np.ndarray  # (H, W, B) float32
+    labels: np.ndarray  # (H, W) int32, 0 = unlabelled, 1..K classes
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def load_scene(
+    scene: str = "indian_pines",
+    cube_path: str | Path | None = None,
+    gt_path: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    cube_key: str | None = None,
+    gt_key: str | None = None,
+) -> Scene:
+    """Load a scene: explicit files, ``data_dir`` with the usual file names, or the bundled Indian Pines."""
+    if scene not in SCENES and cube_path is None:
+        raise DataError(f"unknown scene {scene!r}; choose one of {', '.join(SCENES)} or pass --cube FILE --gt FILE")
+    if (cube_path is None) != (gt_path is None):
+        raise DataError("pass both --cube and --gt (the image cube and its ground-truth map), or neither")
+    if cube_path is None and data_dir is not None:
+        cube_name, gt_name = SCENES[scene]["files"]
+        cube_path, gt_path = Path(data_dir) / cube_name, Path(data_dir) / gt_name
+    if cube_path is None:
+        if scene != "indian_pines":
+            names = " and ".join(SCENES[scene]["files"])
+            raise DataError(f"scene {scene!r} is not bundled: pass --data-dir holding {names}, or --cube/--gt")
+        cube, gt = _bundled_indian_pines()
+    else:
+        cube, gt = read_array(cube_path, cube_key, ndim=3), read_array(gt_path, gt_key, ndim=2)
+    cube, gt = validate_scene(cube, gt)
+    num_classes = int(gt.max())
+    names = SCENES.get(scene, {}).get("classes", ())
+    if len(names) != num_classes:
+        names = tuple(f"class {i}" for i in range(1, num_classes + 1))
+    return Scene(scene if scene in SCENES else Path(cube_path).stem, cube, gt, tuple(names))
+
+
+def _bundled_indian_pines() -> tuple[np.ndarray, np.ndarray]:
+    try:
+        folder = importlib.resources.files("tensorly") / "datasets" / "data"
+    except ModuleNotFoundError as err:
+        raise DataError("the bundled Indian Pines comes with the 'tensorly' package: pip install tensorly") from err
+    return np.load(folder / "Indian_pines_corrected.npy"), np.load(folder / "Indian_pines_gt.npy")
+
+
+def read_array(path: str | Path, key: str | None, ndim: int) -> np.ndarray:
+    """Read a .npy or .mat (v5 via scipy, v7.3/HDF5 via h5py) array of the given rank."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"cannot read {path}: no such file")
+    try:
+        if path.suffix == ".npy":
+            return np.load(path)
+        if path.suffix != ".mat":
+            raise DataError(f"cannot read {path}: expected a .npy or .mat file")
+        arrays = _read_mat(path)
+    except DataError:
+        raise
+    except Exception as err:  # corrupt file: name it and the reason, not a stack of scipy internals
+        raise DataError(f"cannot read {path}: {type(err).__name__}: {err}") from err
+    if key is not None:
+        if key not in arrays:
+            raise DataError(f"{path} has no array {key!r}; its arrays are: {', '.join(sorted(arrays)) or 'none'}")
+        return arrays[key]
+    candidates = [k for k, v in arrays.items() if np.ndim(v) == ndim]
+    if len(candidates) != 1:
+        flag = "--cube-key" if ndim == 3 else "--gt-key"
+        found = ", ".join(f"{k} {np.shape(v)}" for k, v in arrays.items()) or "none"
+        raise DataError(f"{path}: {len(candidates)} candidate {ndim}-d arrays ({found}); name one with {flag}")
+    return arrays[candidates[0]]
+
+
+def _read_mat(path: Path) -> dict[str, np.ndarray]:
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(path)
+        return {k: v for k, v in mat.items() if not k.startswith("__")}
+    except (NotImplementedError, ValueError):  # MATLAB v7.3 files are HDF5, which scipy cannot read
+        try:
+            import h5py
+        except ImportError as err:
+            raise DataError(f"{path} may be a MATLAB v7.3 (HDF5) file: pip install h5py to read it") from err
+        if not h5py.is_hdf5(path):
+            raise
+
+        with h5py.File(path, "r") as f:
+            # MATLAB stores column-major: HDF5 sees the axes reversed.
+            return {k: np.asarray(v).T for k, v in f.items() if isinstance(v, h5py.Dataset)}
+
+
+def validate_scene(cube: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    cube, gt = np.asarray(cube), np.asarray(gt)
+    if cube.ndim != 3:
+        raise DataError(f"the cube must be (height, width, bands), got shape {cube.shape}")
+    if gt.ndim != 2:
+        raise DataError(f"the ground truth must be (height, width), got shape {gt.shape}")
+    if cube.shape[:2] != gt.shape:
+        raise DataError(f"cube {cube.shape[:2]} and ground truth {gt.shape} differ in height/width; pass matching files")
+    cube = cube.astype(np.float32)
+    bad = ~np.isfinite(cube)
+    if bad.any():
+        r, c, b = np.argwhere(bad)[0]
+        raise DataError(f"the cube has {int(bad.sum())} NaN/inf values (first at row {r}, col {c}, band {b}); clean or mask them first")
+    if (gt < 0).any() or not np.allclose(gt, np.round(gt)):
+        raise DataError("ground-truth labels must be whole numbers >= 0 (0 = unlabelled)")
+    return cube, gt.astype(np.int32)
+
+
+def apply_pca(cube: np.ndarray, components: int, whiten: bool = True, fit_mask: np.ndarray | None = None,
+              seed: int = 0) -> np.ndarray:
+    """PCA over bands, as the note's ``applyPCA``; ``fit_mask`` fits on those pixels only."""
+    from sklearn.decomposition import PCA
+
+    height, width, bands = cube.shape
+    if not 1 <= components <= bands:
+        raise DataError(f"PCA components must be between 1 and the cube's {bands} bands, got {components}")
+    flat = cube.reshape(-1, bands)
+    pca = PCA(n_components=components, whiten=whiten, random_state=seed)
+    pca.fit(flat if fit_mask is None else flat[fit_mask.reshape(-1)])
+    return pca.transform(flat).astype(np.float32).reshape(height, width, components)
+
+
+def check_window(window: int, height: int, width: int) -> None:
+    if window < 1 or window % 2 == 0:
+        raise DataError(f"the patch size must be odd so the pixel sits in the centre, got {window}; try {window + 1}")
+    if window > 2 * min(height, width) + 1:
+        raise DataError(f"patch size {window} exceeds the {height}x{width} scene; use at most {2 * min(height, width) - 1}")
+
+
+def pad_cube(cube: np.ndarray, window: int) -> np.ndarray:
+    """Zero padding by (window - 1) / 2 on each side, as the note's ``padWithZeros``."""
+    check_window(window, *cube.shape[:2])
+    margin = (window - 1) // 2
+    return np.pad(cube, ((margin, margin), (margin, margin), (0, 0)))
+
+
+def gather_patches(padded, rows, cols, window: int):
+    """Patches (n, window, window, B) centred on (rows, cols) of the unpadded scene.
+
+    Works on NumPy arrays and, unchanged, on JAX arrays under jit: it is one advanced-index
+    gather, so only the requested patches are ever built.
+    """
+    offsets = np.arange(window)
+    r = rows[:, None, None] + offsets[None, :, None]
+    c = cols[:, None, None] + offsets[None, None, :]
+    return padded[r, c]
+
+
+def labelled_pixels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-major coordinates of labelled pixels (the note's order) and their 0-based classes."""
+    rows, cols = np.nonzero(labels)
+    return np.stack([rows, cols], axis=1).astype(np.int32), (labels[rows, cols] - 1).astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    train: np.ndarray  # (n, 2) pixel coordinates
+    train_labels: np.ndarray
+    test: np.ndarray
+    test_labels: np.ndarray
+    method: str
+
+    def describe(self) -> dict:
+        return {"method": self.method, "train": int(len(self.train)), "test": int(len(self.test)),
+                "train_per_class": np.bincount(self.train_labels).tolist(),
+                "test_per_class": np.bincount(self.test_labels).tolist()}
+
+
+def stratified_split(labels: np.ndarray, test_ratio: float, seed: int = 345) -> Split:
+    """The note's ``train_test_split(..., stratify=y)`` over labelled pixels in row-major order.
+
+    Same order, ratio and seed as the note, so the very same pixels land in each set.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < test_ratio < 1:
+        raise DataError(f"test ratio must be between 0 and 1, got {test_ratio}")
+    coords, y = labelled_pixels(labels)
+    counts = np.bincount(y)
+    sparse = [f"class {k + 1} ({n} pixels)" for k, n in enumerate(counts) if 0 < n < 2]
+    if sparse:
+        raise DataError(f"a stratified split needs >= 2 pixels per class; {', '.join(sparse)}: drop them or use --split per-class")
+    n_train = len(y) - int(np.ceil(test_ratio * len(y)))
+    if n_train < len(counts[counts > 0]):
+        raise DataError(f"test ratio {test_ratio} leaves {n_train} training pixels for {len(counts)} classes; lower it")
+    try:
+        train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=test_ratio, random_state=seed, stratify=y)
+    except ValueError as err:
+        raise DataError(f"cannot stratify with test ratio {test_ratio}: {err}") from err
+    return Split(coords[train_idx], y[train_idx], coords[test_idx], y[test_idx], f"stratified(test_ratio={test_ratio}, seed={seed})")
+
+
+def per_class_split(labels: np.ndarray, per_class: int, seed: int = 345) -> Split:
+    """A fixed number of training pixels per class, the rest for testing."""
+    coords, y = labelled_pixels(labels)
+    rng = np.random.default_rng(seed)
+    train_idx = []
+    for k in range(int(y.max()) + 1):
+        members = np.flatnonzero(y == k)
+        if len(members) <= per_class:
+            raise DataError(f"class {k + 1} has {len(members)} pixels, not more than --per-class {per_class}; lower it")
+        train_idx.extend(rng.choice(members, per_class, replace=False))
+    train_idx = np.sort(np.asarray(train_idx))
+    test_mask = np.ones(len(y), bool)
+    test_mask[train_idx] = False
+    return Split(coords[train_idx], y[train_idx], coords[test_mask], y[test_mask], f"per_class({per_class}, seed={seed})")
+
+
+def disjoint_split(labels: np.ndarray, window: int, test_ratio: float, block: int | None = None, seed: int = 345) -> Split:
+    """Spatially disjoint split: whole blocks of the scene go to train or test.
+
+    Test pixels closer than ``window`` to any training pixel's block are dropped (a guard band),
+    so no training patch overlaps any test patch.
+    """
+    height, width = labels.shape
+    block = block or max(window * 2, 16)
+    rng = np.random.default_rng(seed)
+    block_rows, block_cols = -(-height // block), -(-width // block)
+    is_test_block = rng.random((block_rows, block_cols)) < test_ratio
+    pixel_block = is_test_block[np.arange(height)[:, None] // block, np.arange(width)[None, :] // block]
+    train_mask = (labels > 0) & ~pixel_block
+    # Dilate the training area by the patch radius twice: patches of two pixels overlap iff the
+    # pixels are closer than `window` in both directions.
+    from scipy.ndimage import binary_dilation
+
+    guard = binary_dilation(train_mask, structure=np.ones((2 * window - 1, 2 * window - 1), bool))
+    test_mask = (labels > 0) & pixel_block & ~guard
+    missing = [k for k in range(1, int(labels.max()) + 1) if not (train_mask & (labels == k)).any()]
+    if missing:
+        raise DataError(f"the disjoint split left classes {missing} without training pixels; use a smaller --block or another --seed")
+    coords, y = labelled_pixels(labels)
+    in_train = train_mask[coords[:, 0], coords[:, 1]]
+    in_test = test_mask[coords[:, 0], coords[:, 1]]
+    return Split(coords[in_train], y[in_train], coords[in_test], y[in_test], f"disjoint(block={block}, seed={seed})")
+
+
+def note_create_image_cubes(X: np.ndarray, y: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """The note's ``createImageCubes`` loop, verbatim in behaviour: the reference for tests and benchmarks."""
+    margin = (window - 1) // 2
+    padded = np.zeros((X.shape[0] + 2 * margin, X.shape[1] + 2 * margin, X.shape[2]))
+    padded[margin:X.shape[0] + margin, margin:X.shape[1] + margin, :] = X
+    data = np.zeros((X.shape[0] * X.shape[1], window, window, X.shape[2]))
+    patch_labels = np.zeros(X.shape[0] * X.shape[1])
+    index = 0
+    for r in range(margin, padded.shape[0] - margin):
+        for c in range(margin, padded.shape[1] - margin):
+            data[index] = padded[r - margin:r + margin + 1, c - margin:c + margin + 1]
+            patch_labels[index] = y[r - margin, c - margin]
+            index += 1
+    keep = patch_labels > 0
+    return data[keep], patch_labels[keep] - 1
