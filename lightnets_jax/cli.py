@@ -1,4 +1,4 @@
-"""The ``lightnets`` command: train, evaluate, summary."""
+"""The ``lightnets`` command: train, evaluate, summary, bench."""
 
 from __future__ import annotations
 
@@ -60,6 +60,20 @@ def _summary(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from lightnets_jax import bench
+
+    results = []
+    for name in args.models:
+        models.create(name)  # unknown names fail before any compile
+        result = bench.run(name, args.batch_size, args.steps, args.compare_torch, args.conv_impl)
+        results.append(result)
+        print(json.dumps(result) if args.json else bench.format_row(result), flush=True)
+    if not args.json:
+        print(results[0]["machine"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lightnets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--input-shape", type=int, nargs="+", help="e.g. 1 224 224 3")
     summary.add_argument("--options", help='model options as JSON, e.g. \'{"width_multiplier": 0.5}\'')
     summary.set_defaults(func=_summary)
+
+    bench = sub.add_parser("bench", help="train-step and eval images/s (optionally against PyTorch)")
+    bench.add_argument("models", nargs="+", metavar="MODEL")
+    bench.add_argument("--batch-size", type=int, default=128)
+    bench.add_argument("--steps", type=int, default=5, help="timed steps per phase (median reported)")
+    bench.add_argument("--compare-torch", action="store_true", help="time the note's PyTorch code, interleaved")
+    bench.add_argument("--conv-impl", choices=["fast", "reference"], default="fast")
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(func=_bench)
     return parser
 
 

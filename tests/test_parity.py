@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from lightnets_jax import convert, models
-from tests import torch_reference
+from lightnets_jax import reference_torch as torch_reference
 
 pytestmark = pytest.mark.slow
 

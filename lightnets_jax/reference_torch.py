@@ -1,4 +1,5 @@
-"""The study note's PyTorch modules, verbatim but for class names (imported only when torch is)."""
+"""The study note's PyTorch modules, verbatim but for class names: the reference for parity
+tests and `lightnets bench --compare-torch`. Needs torch (the `parity` extra)."""
 
 import torch.nn as nn
 import torch.nn.functional as F

@@ -1,0 +1,143 @@
+"""``lightnets bench``: training-step and eval throughput, optionally against the note's PyTorch.
+
+Compilation and warm-up are timed apart; each timed step ends with ``block_until_ready`` (JAX)
+or a finished backward/optimizer step (PyTorch, synchronous on CPU), and with
+``--compare-torch`` the two frameworks alternate step by step so that machine noise hits both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lightnets_jax import models
+from lightnets_jax.training import engine
+
+
+@dataclasses.dataclass
+class Timing:
+    median_s: float
+    spread_s: float  # (max - min) / 2
+
+    @classmethod
+    def of(cls, samples: list[float]) -> "Timing":
+        return cls(statistics.median(samples), (max(samples) - min(samples)) / 2)
+
+
+def example_shape(name: str, batch_size: int) -> tuple[int, ...]:
+    model = models.create(name)
+    if hasattr(model, "bands"):
+        return (batch_size, model.patch_size, model.patch_size, model.bands)
+    side = model.input_size or 224
+    return (batch_size, side, side, 3)
+
+
+def _jax_steps(name: str, x: np.ndarray, y: np.ndarray, conv_impl: str):
+    model = models.create(name, conv_impl=conv_impl)
+    tx = optax.sgd(0.01, momentum=0.9)
+    state = engine.create_train_state(model, tx, jnp.asarray(x[:1]), seed=0)
+    train = jax.jit(engine.train_step, donate_argnums=0)
+    evaluate = jax.jit(engine.eval_step)
+    xs, ys = jnp.asarray(x), jnp.asarray(y)
+    holder = {"state": state}
+
+    def train_once():
+        holder["state"], metrics = train(holder["state"], xs, ys)
+        jax.block_until_ready(metrics["loss"])
+
+    def eval_once():
+        jax.block_until_ready(evaluate(holder["state"], xs))
+
+    return train_once, eval_once
+
+
+def _torch_steps(name: str, x: np.ndarray, y: np.ndarray):
+    import torch
+
+    from lightnets_jax import reference_torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    module = reference_torch.build(name)
+    if name.startswith("hybridsn"):
+        xt = torch.from_numpy(x.transpose(0, 3, 1, 2)[:, None].copy())
+    else:
+        xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    yt = torch.from_numpy(y.astype(np.int64))
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9)
+    criterion = torch.nn.CrossEntropyLoss()
+
+    def train_once():
+        module.train()
+        optimizer.zero_grad()
+        criterion(module(xt), yt).backward()
+        optimizer.step()
+
+    def eval_once():
+        module.eval()
+        with torch.no_grad():
+            module(xt)
+
+    return train_once, eval_once
+
+
+def run(name: str, batch_size: int = 128, steps: int = 5, compare_torch: bool = False,
+        conv_impl: str = "fast") -> dict:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(example_shape(name, batch_size)).astype(np.float32)
+    num_classes = models.create(name).num_classes
+    y = rng.integers(0, num_classes, batch_size).astype(np.int32)
+    frameworks = {"jax": _jax_steps(name, x, y, conv_impl)}
+    if compare_torch:
+        frameworks["torch"] = _torch_steps(name, x, y)
+    result: dict = {"model": name, "batch_size": batch_size, "steps": steps, "conv_impl": conv_impl,
+                    "machine": machine_line()}
+    for framework, (train_once, eval_once) in frameworks.items():
+        tic = time.perf_counter()
+        train_once()
+        eval_once()
+        result[f"{framework}_compile_and_warmup_s"] = time.perf_counter() - tic
+    for phase, index in (("train", 0), ("eval", 1)):
+        samples: dict[str, list[float]] = {f: [] for f in frameworks}
+        for _ in range(steps):
+            for framework, fns in frameworks.items():  # interleaved
+                tic = time.perf_counter()
+                fns[index]()
+                samples[framework].append(time.perf_counter() - tic)
+        for framework, values in samples.items():
+            timing = Timing.of(values)
+            result[f"{framework}_{phase}_images_per_s"] = batch_size / timing.median_s
+            result[f"{framework}_{phase}_step_s"] = dataclasses.asdict(timing)
+        if compare_torch:
+            result[f"{phase}_ratio_jax_over_torch"] = (result[f"jax_{phase}_images_per_s"]
+                                                      / result[f"torch_{phase}_images_per_s"])
+    return result
+
+
+def machine_line() -> str:
+    device = jax.devices()[0]
+    torch_version = ""
+    try:
+        import torch
+
+        torch_version = f", torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    except ImportError:
+        pass
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} on "
+            f"{device.platform} ({device.device_kind}){torch_version}")
+
+
+def format_row(result: dict) -> str:
+    line = (f"{result['model']:<14} train {result['jax_train_images_per_s']:8.1f} img/s  "
+            f"eval {result['jax_eval_images_per_s']:8.1f} img/s")
+    if "torch_train_images_per_s" in result:
+        line += (f"  | torch train {result['torch_train_images_per_s']:8.1f} eval {result['torch_eval_images_per_s']:8.1f}"
+                 f"  | ratio train {result['train_ratio_jax_over_torch']:.2f}x eval {result['eval_ratio_jax_over_torch']:.2f}x")
+    return line
