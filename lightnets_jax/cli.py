@@ -17,16 +17,12 @@ def _train(args) -> int:
 
     if args.model not in models.available():
         raise ValueError(f"unknown model {args.model!r}; available models: {', '.join(models.available())}")
+    dataset = args.dataset or ("indian_pines" if args.model in HSI_MODELS else "cifar10")
+    if dataset == "cifar10":
+        return _train_cifar(args)
     if args.model not in HSI_MODELS:
-        raise ValueError(f"training {args.model!r} on CIFAR-10 is not implemented yet (issue 3); "
-                         f"trainable now: {', '.join(HSI_MODELS)}")
-    base = hyperspectral.RECIPES[args.recipe]
-    optimizer = base["optimizer"]
-    if args.lr is not None or args.schedule is not None:
-        import dataclasses
-
-        optimizer = dataclasses.replace(optimizer, learning_rate=args.lr or optimizer.learning_rate,
-                                        schedule=args.schedule or optimizer.schedule)
+        raise ValueError(f"--dataset {dataset} takes {' or '.join(HSI_MODELS)}, got {args.model!r}")
+    optimizer = _optimizer(hyperspectral.RECIPES[args.recipe]["optimizer"], args)
     config = hyperspectral.make_config(
         args.recipe, model=args.model, scene=args.scene, cube=args.cube, gt=args.gt, data_dir=args.data_dir,
         cube_key=args.cube_key, gt_key=args.gt_key, pca_components=args.pca_components, pca_fit=args.pca_fit,
@@ -42,11 +38,46 @@ def _train(args) -> int:
     return 0
 
 
-def _evaluate(args) -> int:
-    from lightnets_jax.tasks import hyperspectral
+def _optimizer(base, args):
+    import dataclasses
 
-    report = hyperspectral.evaluate(Path(args.workdir))
-    print("OA %.2f  AA %.2f  Kappa %.2f" % (report["overall_accuracy"], report["average_accuracy"], report["kappa"]))
+    changes = {"name": args.optimizer, "learning_rate": args.lr, "schedule": args.schedule,
+               "weight_decay": args.weight_decay}
+    return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _train_cifar(args) -> int:
+    from lightnets_jax.tasks import classification
+    from lightnets_jax.training.parallel import initialize_distributed
+
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    defaults = classification.CifarConfig()
+    overrides = {"model": args.model, "data_dir": args.data_dir, "epochs": args.epochs, "batch_size": args.batch_size,
+                 "seed": args.seed, "label_smoothing": args.label_smoothing, "bf16": args.bf16 or None,
+                 "optimizer": _optimizer(defaults.optimizer, args)}
+    config = classification.CifarConfig(**{k: v for k, v in overrides.items() if v is not None})
+    workdir = Path(args.workdir or f"runs/{args.model}_cifar10_seed{config.seed}")
+    report = classification.train(config, workdir, resume=args.resume)
+    print(f"results in {workdir}: report.json, metrics.jsonl, training_curves.png")
+    print("test accuracy %.2f %% after %d epochs (%.0f s)" % (report["test_accuracy"], report["epochs"],
+                                                             report["wall_seconds"]))
+    return 0
+
+
+def _evaluate(args) -> int:
+    workdir = Path(args.workdir)
+    config_path = workdir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{workdir} has no config.json; train there first (lightnets train ... --workdir {workdir})")
+    if "scene" in json.loads(config_path.read_text()):
+        from lightnets_jax.tasks import hyperspectral
+
+        report = hyperspectral.evaluate(workdir)
+        print("OA %.2f  AA %.2f  Kappa %.2f" % (report["overall_accuracy"], report["average_accuracy"], report["kappa"]))
+    else:
+        from lightnets_jax.tasks import classification
+
+        classification.evaluate(workdir)
     return 0
 
 
@@ -84,17 +115,28 @@ def build_parser() -> argparse.ArgumentParser:
                        help="'note': the study note's recipe exactly; 'default': ours (see README)")
     train.add_argument("--workdir", help="where checkpoints and reports go (default runs/MODEL_SCENE_seedN)")
     train.add_argument("--resume", action="store_true", help="continue the run in --workdir")
+    train.add_argument("--dataset", choices=["cifar10", "indian_pines"],
+                       help="default: indian_pines for HybridSN, cifar10 for the MobileNets")
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float)
     train.add_argument("--schedule", choices=["constant", "cosine", "step", "onecycle"])
+    train.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    train.add_argument("--weight-decay", type=float)
+    train.add_argument("--label-smoothing", type=float)
+    train.add_argument("--bf16", action="store_true", help="bfloat16 compute, float32 parameters")
     train.add_argument("--init", choices=["torch", "glorot"], help="weight initialization")
     train.add_argument("--seed", type=int, help="initialization, dropout and shuffling seed")
+    train.add_argument("--data-dir", help="CIFAR-10: folder with cifar-10-batches-py/ (or $LIGHTNETS_CIFAR10_DIR); "
+                       "hyperspectral: folder with the scene's usual .mat files")
+    multi = train.add_argument_group("multi-host (jax.distributed)")
+    multi.add_argument("--coordinator", help="host:port of process 0")
+    multi.add_argument("--num-processes", type=int)
+    multi.add_argument("--process-id", type=int)
     hsi = train.add_argument_group("hyperspectral data")
     hsi.add_argument("--scene", choices=["indian_pines", "salinas", "paviau"], default="indian_pines")
     hsi.add_argument("--cube", help=".mat or .npy image cube (H, W, bands)")
     hsi.add_argument("--gt", help=".mat or .npy ground truth (H, W), 0 = unlabelled")
-    hsi.add_argument("--data-dir", help="folder with the scene's usual .mat files")
     hsi.add_argument("--cube-key")
     hsi.add_argument("--gt-key")
     hsi.add_argument("--pca-components", type=int)
