@@ -1,4 +1,3 @@
-import io
 import pickle
 import tarfile
 
@@ -98,7 +97,6 @@ def test_bad_data_dirs_and_files(tmp_path):
 
 
 def test_augmentation_crops_within_padding_and_flips_half():
-    rng = np.random.default_rng(0)
     images = np.zeros((2000, 32, 32, 3), np.uint8)
     images[:, :, :16] = 255  # left half white: a flip moves it right
     images[:, 0, 0] = 7  # a marker to locate the crop

@@ -42,10 +42,7 @@ class CifarConfig:
 
     @classmethod
     def from_json(cls, payload: dict) -> "CifarConfig":
-        payload = dict(payload)
-        payload["optimizer"] = engine.OptimizerConfig(**{**payload["optimizer"],
-                                                          "step_epochs": tuple(payload["optimizer"]["step_epochs"])})
-        return cls(**payload)
+        return checkpoint.config_from_json(cls, payload)
 
 
 def _split(data: cifar10.Cifar10, config: CifarConfig):
@@ -82,21 +79,12 @@ def train(config: CifarConfig, workdir: Path, resume: bool = False, log=print) -
                          + ", ".join(n for n in models.available() if n.startswith("mobilenet") and "imagenet" not in n))
     parallel = DataParallel()
     parallel.check_batch_size(config.batch_size)
-    if not resume and checkpoint.latest_epoch(workdir) is not None:
-        raise FileExistsError(f"{workdir} already holds a run; pass --resume to continue it or choose another --workdir")
+    checkpoint.check_fresh(workdir, resume)
     data = cifar10.load(config.data_dir)
     train_idx, val_idx = _split(data, config)
     steps = len(train_idx) // config.batch_size
     state = _state(config, steps)
-    start_epoch = 0
-    if resume and checkpoint.latest_epoch(workdir) is not None:
-        saved = CifarConfig.from_json(json.loads((workdir / "config.json").read_text()))
-        if saved != config:
-            raise ValueError(f"--resume with a different configuration than {workdir / 'config.json'}")
-        state, start_epoch = checkpoint.restore(workdir, state)
-        log(f"resumed from epoch {start_epoch}")
-    workdir.mkdir(parents=True, exist_ok=True)
-    checkpoint.write_json(workdir / "config.json", dataclasses.asdict(config))
+    state, start_epoch = checkpoint.start_or_resume(workdir, config, state, resume, log)
     log(f"CIFAR-10 from {data.source}: {len(train_idx)} train / {len(val_idx)} validation / "
         f"{len(data.test_labels)} test; {config.model}, {config.epochs} epochs, batch {config.batch_size} "
         f"on {parallel.device_count} {jax.devices()[0].platform} device(s)")

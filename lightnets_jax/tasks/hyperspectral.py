@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 
@@ -55,10 +54,7 @@ class HSIConfig:
 
     @classmethod
     def from_json(cls, payload: dict) -> "HSIConfig":
-        payload = dict(payload)
-        payload["optimizer"] = engine.OptimizerConfig(**{**payload["optimizer"],
-                                                          "step_epochs": tuple(payload["optimizer"]["step_epochs"])})
-        return cls(**payload)
+        return checkpoint.config_from_json(cls, payload)
 
 
 # The note's recipe, as written: PyTorch init, Adam 1e-3 constant, batch 128, 100 epochs.
@@ -126,24 +122,14 @@ def _steps_per_epoch(config: HSIConfig, n_train: int) -> int:
 
 def train(config: HSIConfig, workdir: Path, resume: bool = False, log=print) -> dict:
     workdir = Path(workdir)
-    if not resume and checkpoint.latest_epoch(workdir) is not None:
-        raise FileExistsError(f"{workdir} already holds a run; pass --resume to continue it or choose another --workdir")
+    checkpoint.check_fresh(workdir, resume)
     t0 = time.time()
     prepared = prepare(config)
     split = prepared.split
     batch = min(config.batch_size, len(split.train))
     steps = _steps_per_epoch(dataclasses.replace(config, batch_size=batch), len(split.train))
     state = _initial_state(config, prepared, steps)
-    start_epoch = 0
-    if resume and checkpoint.latest_epoch(workdir) is not None:
-        saved = HSIConfig.from_json(json.loads((workdir / "config.json").read_text()))
-        if saved != config:
-            raise ValueError(f"--resume with a different configuration than {workdir / 'config.json'}; "
-                             "drop --resume or use the same options")
-        state, start_epoch = checkpoint.restore(workdir, state)
-        log(f"resumed from epoch {start_epoch}")
-    workdir.mkdir(parents=True, exist_ok=True)
-    checkpoint.write_json(workdir / "config.json", dataclasses.asdict(config))
+    state, start_epoch = checkpoint.start_or_resume(workdir, config, state, resume, log)
     log(f"{prepared.scene.name}: cube {prepared.scene.cube.shape}, {split.describe()['train']} train / "
         f"{split.describe()['test']} test pixels ({split.method}); {config.model}, {config.epochs} epochs, "
         f"batch {batch}, {steps} steps/epoch on {jax.devices()[0].platform}")

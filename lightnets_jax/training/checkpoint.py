@@ -7,11 +7,12 @@ most the epoch in flight.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from flax import serialization
 
@@ -56,3 +57,34 @@ def restore(workdir: Path, target: Any, epoch: int | None = None) -> tuple[Any, 
         raise FileNotFoundError(f"no checkpoint in {workdir}; train first (lightnets train ... --workdir {workdir})")
     data = (workdir / f"checkpoint_{epoch:04d}.msgpack").read_bytes()
     return serialization.from_bytes(target, data), epoch
+
+
+def config_from_json(config_cls: type, payload: dict):
+    """Rebuild a frozen run config (with its nested ``OptimizerConfig``) from ``config.json``."""
+    from lightnets_jax.training.engine import OptimizerConfig
+
+    payload = dict(payload)
+    optimizer = dict(payload["optimizer"])
+    optimizer["step_epochs"] = tuple(optimizer["step_epochs"])
+    payload["optimizer"] = OptimizerConfig(**optimizer)
+    return config_cls(**payload)
+
+
+def check_fresh(workdir: Path, resume: bool) -> None:
+    if not resume and latest_epoch(workdir) is not None:
+        raise FileExistsError(f"{workdir} already holds a run; pass --resume to continue it or choose another --workdir")
+
+
+def start_or_resume(workdir: Path, config: Any, state: Any, resume: bool, log: Callable = print) -> tuple[Any, int]:
+    """Restore the latest checkpoint when resuming the same config; record the config; return (state, epoch)."""
+    start_epoch = 0
+    if resume and latest_epoch(workdir) is not None:
+        saved = config_from_json(type(config), json.loads((workdir / "config.json").read_text()))
+        if saved != config:
+            raise ValueError(f"--resume with a different configuration than {workdir / 'config.json'}; "
+                             "drop --resume or use the same options")
+        state, start_epoch = restore(workdir, state)
+        log(f"resumed from epoch {start_epoch}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_json(workdir / "config.json", dataclasses.asdict(config))
+    return state, start_epoch
