@@ -73,6 +73,7 @@ def test_width_multiplier_and_options_change_parameter_count():
     assert smaller == 512 + 5776 + 13856 + (3 * 3 * 256 * 64 + 64) + (64 * 7 * 7 * 256 + 256) + 32896 + 129 * 9
 
 
+@pytest.mark.slow
 def test_imagenet_models_take_any_resolution():
     model = models.create("mobilenet_v2_imagenet", num_classes=5)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 96, 96, 3)))
@@ -111,6 +112,7 @@ def test_converter_names_missing_and_misshapen_keys():
     assert "fc1.weight: expected (256, 18496), got (256, 100)" in str(err.value)
 
 
+@pytest.mark.slow
 def test_eval_is_deterministic_and_train_uses_dropout_rng():
     model = models.create("hybridsn", patch_size=11, bands=16, num_classes=4)
     x = jax.random.normal(jax.random.key(1), (3, 11, 11, 16))
@@ -122,6 +124,7 @@ def test_eval_is_deterministic_and_train_uses_dropout_rng():
     assert not np.allclose(a, b)
 
 
+@pytest.mark.slow
 def test_fast_and_reference_paths_agree_with_bf16_option_running():
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
     fast = models.create("mobilenet_v2")
@@ -132,6 +135,7 @@ def test_fast_and_reference_paths_agree_with_bf16_option_running():
     assert bf16.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(bf16)))
 
 
+@pytest.mark.slow
 def test_batch_stats_update_only_in_train_mode():
     model = models.create("mobilenet_v1", width_multiplier=0.25)
     x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3)) + 3.0
