@@ -96,7 +96,7 @@ def train(config: CifarConfig, workdir: Path, resume: bool = False, log=print) -
         images = cifar10.normalize(cifar10.random_crop_flip(data.train_images[idx], rng))
         return images, data.train_labels[idx]
 
-    history = [h for h in _history(workdir) if h["epoch"] <= start_epoch]
+    history = checkpoint.read_history(workdir, start_epoch)
     best = max((h["val_accuracy"] for h in history), default=-1.0)
     tic_run = time.time()
     with concurrent.futures.ThreadPoolExecutor(1) as prefetcher:
@@ -147,13 +147,6 @@ def train(config: CifarConfig, workdir: Path, resume: bool = False, log=print) -
     return report
 
 
-def _history(workdir: Path) -> list[dict]:
-    path = workdir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def evaluate(workdir: Path, state=None, config: CifarConfig | None = None, data=None, log=print) -> dict:
     workdir = Path(workdir)
     config = config or CifarConfig.from_json(json.loads((workdir / "config.json").read_text()))
@@ -165,7 +158,7 @@ def evaluate(workdir: Path, state=None, config: CifarConfig | None = None, data=
     state = parallel.replicate(state)
     test = accuracy(state, data.test_images, data.test_labels, parallel, config.batch_size, "test")
     log("Accuracy of the network on the 10000 test images: %.2f %%" % test)
-    history = _history(workdir)
+    history = checkpoint.read_history(workdir)
     report = {"test_accuracy": test, "epochs": len(history), "config": dataclasses.asdict(config),
               "train_seconds": sum(h["seconds"] for h in history), "history": history,
               "device": f"{parallel.device_count} x {jax.devices()[0].device_kind}"}

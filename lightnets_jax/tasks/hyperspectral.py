@@ -117,7 +117,7 @@ def _initial_state(config: HSIConfig, prepared: Prepared, steps_per_epoch: int) 
 def _steps_per_epoch(config: HSIConfig, n_train: int) -> int:
     # Full batches only (one compiled shape); a remainder of under one batch is left out per epoch,
     # a different one each epoch since the order is reshuffled.
-    return max(1, n_train // config.batch_size)
+    return max(1, n_train // min(config.batch_size, n_train))
 
 
 def train(config: HSIConfig, workdir: Path, resume: bool = False, log=print) -> dict:
@@ -127,11 +127,11 @@ def train(config: HSIConfig, workdir: Path, resume: bool = False, log=print) -> 
     prepared = prepare(config)
     split = prepared.split
     batch = min(config.batch_size, len(split.train))
-    steps = _steps_per_epoch(dataclasses.replace(config, batch_size=batch), len(split.train))
+    steps = _steps_per_epoch(config, len(split.train))
     state = _initial_state(config, prepared, steps)
     state, start_epoch = checkpoint.start_or_resume(workdir, config, state, resume, log)
-    log(f"{prepared.scene.name}: cube {prepared.scene.cube.shape}, {split.describe()['train']} train / "
-        f"{split.describe()['test']} test pixels ({split.method}); {config.model}, {config.epochs} epochs, "
+    log(f"{prepared.scene.name}: cube {prepared.scene.cube.shape}, {len(split.train)} train / "
+        f"{len(split.test)} test pixels ({split.method}); {config.model}, {config.epochs} epochs, "
         f"batch {batch}, {steps} steps/epoch on {jax.devices()[0].platform}")
 
     padded = jnp.asarray(prepared.padded)
@@ -144,7 +144,7 @@ def train(config: HSIConfig, workdir: Path, resume: bool = False, log=print) -> 
         patches = hsi.gather_patches(padded, coords[:, 0], coords[:, 1], window)
         return engine.train_step(state, patches, labels, config.label_smoothing)
 
-    history = _read_history(workdir, start_epoch)
+    history = checkpoint.read_history(workdir, start_epoch)
     total_loss = sum(h["train_loss"] * h["steps"] for h in history)  # the note's running sum
     for epoch in range(start_epoch, config.epochs):
         order = np.random.default_rng([config.seed, epoch]).permutation(len(split.train))
@@ -176,16 +176,6 @@ def train(config: HSIConfig, workdir: Path, resume: bool = False, log=print) -> 
     report["train_wall_seconds"] = train_seconds
     checkpoint.write_json(workdir / "report.json", report)
     return report
-
-
-def _read_history(workdir: Path, upto_epoch: int) -> list[dict]:
-    path = workdir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    history = [h for h in history if h["epoch"] <= upto_epoch]  # drop epochs after the checkpoint
-    path.write_text("".join(json.dumps(h) + "\n" for h in history))
-    return history
 
 
 def predict(state: engine.TrainState, padded: np.ndarray, coords: np.ndarray, window: int, batch_size: int = 256,
