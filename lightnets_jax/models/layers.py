@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from functools import partial
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -83,7 +84,7 @@ class Conv(nn.Module):
         x, kernel = x.astype(dtype), kernel.astype(dtype)
         _check_choice("conv impl", self.impl, CONV_IMPLS)
         if self.impl == "fast":
-            y = conv_im2col(x, kernel, self.strides, self.padding, chunked=not train)
+            y = conv_gemm(x, kernel, self.strides, self.padding, train)
         else:
             y = _conv(x, kernel, self.strides, self.padding, groups=1)
         if self.use_bias:
@@ -209,44 +210,128 @@ def depthwise_conv_shifted(x: Array, kernel: Array, strides: int, padding: int) 
     return out
 
 
-# Samples per im2col chunk: the unfolded patches of a whole batch take gigabytes (HybridSN's conv2:
-# 1.6 GB at batch 128) and XLA spends most of the conv writing them to fresh memory; chunks of a
-# few samples stay small and are 3-4x faster forward (docs/performance.md).
+# Samples per chunk of the GEMM convolutions: unfolded patches of a whole batch take gigabytes
+# (HybridSN's conv2: 1.6 GB at batch 128) and XLA spends most of a conv writing them to fresh memory;
+# a few samples at a time stay small and are 3-4x faster forward (docs/performance.md).
 IM2COL_CHUNK = 8
+# Output depths per block of the depth-Toeplitz 3D conv (few input channels, e.g. HybridSN's conv1).
+DEPTH_BLOCK = 8
 
 
-def conv_im2col(x: Array, kernel: Array, strides: int, padding: int, chunked: bool = True) -> Array:
-    """N-d convolution as matrix products over unfolded patches (im2col), a few samples at a time.
+def conv_gemm(x: Array, kernel: Array, strides: int, padding: int, train: bool = False) -> Array:
+    """A convolution as matrix products, choosing the formulation that XLA runs fastest on CPU.
 
     XLA's CPU convolutions run far below its matrix-product speed, worst for 3D convs with few
-    channels (jax issue #13800); gathering every tap into the contraction axis turns each conv
-    into GEMMs. Tap order (kd, kh, kw, C) matches the kernel's layout. ``chunked=False`` unfolds
-    the whole batch at once: slower forward, but its backward is faster than the chunk loop's,
-    so training uses it.
+    channels (jax issue #13800). Each formulation below is a few GEMMs over a (partly) unfolded
+    input, applied a few samples at a time under ``jax.checkpoint`` so the backward recomputes
+    the unfolded chunk instead of storing gigabytes of it (docs/performance.md has the numbers):
+
+    * 1x1: one GEMM, nothing to unfold;
+    * stride 1, 3D, few input channels: depth-Toeplitz (``_depth_toeplitz``);
+    * stride 1, otherwise: unfold the trailing spatial axes, shift-and-add over the first
+      (``_unfold_shift_add``);
+    * strided: full im2col, unfolded in chunks only at inference (``_im2col``).
     """
     spatial = x.ndim - 2
     taps = kernel.shape[:spatial]
-    cout = kernel.shape[-1]
+    cin, cout = kernel.shape[-2:]
     if padding:
         x = jnp.pad(x, ((0, 0),) + ((padding, padding),) * spatial + ((0, 0),))
     out_sizes = tuple((x.shape[1 + a] - taps[a]) // strides + 1 for a in range(spatial))
-    matrix = kernel.reshape(-1, cout)
-    if math.prod(taps) == 1:  # a 1x1 conv is one GEMM, nothing to unfold
+    if math.prod(taps) == 1:
         cols = x[(slice(None),) + (slice(None, None, strides),) * spatial]
-        return (cols.reshape(-1, cols.shape[-1]) @ matrix).reshape(x.shape[0], *out_sizes, cout)
+        return (cols.reshape(-1, cin) @ kernel.reshape(cin, cout)).reshape(x.shape[0], *out_sizes, cout)
+    if strides != 1:
+        return _chunked(partial(_im2col, kernel=kernel, strides=strides, out_sizes=out_sizes), x,
+                        out_sizes, cout, chunked=not train, remat=False)
+    if spatial == 3 and cin * math.prod(taps[1:]) < 64:
+        return _chunked(partial(_depth_toeplitz, kernel=kernel, out_sizes=out_sizes), x, out_sizes, cout)
+    if math.prod(taps[1:]) * cin >= 64:
+        return _chunked(partial(_unfold_shift_add, kernel=kernel, out_sizes=out_sizes), x, out_sizes, cout)
+    return _chunked(partial(_im2col, kernel=kernel, strides=1, out_sizes=out_sizes), x, out_sizes, cout,
+                    chunked=not train, remat=False)
 
-    def unfold_and_multiply(chunk: Array) -> Array:
-        windows = []
-        for offsets in itertools.product(*(range(t) for t in taps)):
-            limit = (chunk.shape[0], *(o + (n - 1) * strides + 1 for o, n in zip(offsets, out_sizes)), chunk.shape[-1])
-            windows.append(lax.slice(chunk, (0, *offsets, 0), limit, (1, *(strides,) * spatial, 1)))
-        cols = jnp.concatenate(windows, axis=-1)
-        return (cols.reshape(-1, cols.shape[-1]) @ matrix).reshape(chunk.shape[0], *out_sizes, cout)
 
+def _chunked(fn: Callable, x: Array, out_sizes: tuple[int, ...], cout: int, chunked: bool = True,
+             remat: bool = True) -> Array:
+    """``fn`` over a few samples at a time (``lax.map``), rematerialized in the backward."""
     batch = x.shape[0]
     chunk = math.gcd(batch, IM2COL_CHUNK) if chunked else batch
-    chunks = lax.map(unfold_and_multiply, x.reshape(batch // chunk, chunk, *x.shape[1:]))
-    return chunks.reshape(batch, *out_sizes, cout)
+    fn = jax.checkpoint(fn) if remat else fn
+    out = lax.map(fn, x.reshape(batch // chunk, chunk, *x.shape[1:]))
+    return out.reshape(batch, *out_sizes, cout)
+
+
+def _windows(x: Array, axes_taps: dict[int, int], out_sizes: dict[int, int], strides: dict[int, int]) -> list[Array]:
+    """Every shifted window of ``x`` over the given axes, in row-major tap order."""
+    axes = sorted(axes_taps)
+    windows = []
+    for offsets in itertools.product(*(range(axes_taps[a]) for a in axes)):
+        start, limit, step = [0] * x.ndim, list(x.shape), [1] * x.ndim
+        for a, o in zip(axes, offsets):
+            start[a], limit[a], step[a] = o, o + (out_sizes[a] - 1) * strides[a] + 1, strides[a]
+        windows.append(lax.slice(x, start, limit, step))
+    return windows
+
+
+def _im2col(chunk: Array, kernel: Array, strides: int, out_sizes: tuple[int, ...]) -> Array:
+    """Every tap into the contraction axis (order (kd, kh, kw, C), the kernel's), one GEMM."""
+    spatial = chunk.ndim - 2
+    axes = range(1, spatial + 1)
+    cols = jnp.concatenate(_windows(chunk, dict(zip(axes, kernel.shape[:spatial])), dict(zip(axes, out_sizes)),
+                                    dict.fromkeys(axes, strides)), axis=-1)
+    cout = kernel.shape[-1]
+    return (cols.reshape(-1, cols.shape[-1]) @ kernel.reshape(-1, cout)).reshape(chunk.shape[0], *out_sizes, cout)
+
+
+def _unfold_shift_add(chunk: Array, kernel: Array, out_sizes: tuple[int, ...]) -> Array:
+    """Unfold the trailing spatial axes only, multiply by every first-axis tap at once, shift-add.
+
+    Full im2col copies the input once per tap; leaving the first spatial axis folded makes the
+    unfolded matrix (and its gradient) ``taps[0]`` times smaller, and the first-axis taps become
+    extra GEMM outputs that are summed at their offsets: z[..., t, :] shifted by t.
+    """
+    spatial = chunk.ndim - 2
+    first, rest = kernel.shape[0], kernel.shape[1:spatial]
+    cin, cout = kernel.shape[-2:]
+    axes = range(2, spatial + 1)
+    cols = jnp.concatenate(_windows(chunk, dict(zip(axes, rest)), dict(zip(axes, out_sizes[1:])),
+                                    dict.fromkeys(axes, 1)), axis=-1)
+    # (first, *rest, C, O) -> (*rest, C, first, O): one column block per first-axis tap.
+    matrix = jnp.moveaxis(kernel, 0, -2).reshape(math.prod(rest) * cin, first * cout)
+    z = (cols.reshape(-1, cols.shape[-1]) @ matrix).reshape(*cols.shape[:-1], first, cout)
+    out = None
+    for t in range(first):
+        term = lax.slice_in_dim(z, t, t + out_sizes[0], axis=1)[..., t, :]
+        out = term if out is None else out + term
+    return out
+
+
+def _depth_toeplitz(chunk: Array, kernel: Array, out_sizes: tuple[int, ...]) -> Array:
+    """3D conv with few input channels as one GEMM per block of ``DEPTH_BLOCK`` output depths.
+
+    With one input channel (HybridSN's conv1) im2col gives a contraction of only 7·3·3 = 63 and
+    copies the input 63 times. Here each row holds a block's whole input depth span (block + kd - 1
+    planes of 3x3 windows), and a banded (Toeplitz) kernel maps it to all the block's output
+    depths at once: about twice the multiplications, far less memory traffic.
+    """
+    kd, kh, kw, cin, cout = kernel.shape
+    od = out_sizes[0]
+    block = min(DEPTH_BLOCK, od)
+    blocks = -(-od // block)
+    span = block + kd - 1
+    needed = blocks * block + kd - 1
+    if needed > chunk.shape[1]:
+        chunk = jnp.pad(chunk, ((0, 0), (0, needed - chunk.shape[1]), (0, 0), (0, 0), (0, 0)))
+    # Rows: (depth within the span, kh, kw, C) for every block start (depth stride = block).
+    windows = _windows(chunk, {1: span, 2: kh, 3: kw}, {1: blocks, 2: out_sizes[1], 3: out_sizes[2]},
+                       {1: block, 2: 1, 3: 1})
+    cols = jnp.concatenate(windows, axis=-1)
+    # toeplitz[j, i, k, c, b, o] = kernel[j - b, i, k, c, o] for 0 <= j - b < kd, else 0.
+    toeplitz = jnp.stack([jnp.pad(kernel, ((b, block - 1 - b),) + ((0, 0),) * 4) for b in range(block)], axis=-2)
+    y = cols.reshape(-1, cols.shape[-1]) @ toeplitz.reshape(span * kh * kw * cin, block * cout)
+    y = y.reshape(chunk.shape[0], blocks, *out_sizes[1:], block, cout)
+    return jnp.moveaxis(y, -2, 2).reshape(chunk.shape[0], blocks * block, *out_sizes[1:], cout)[:, :od]
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:

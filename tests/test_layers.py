@@ -1,0 +1,44 @@
+"""The GEMM formulations of ``layers.conv_gemm`` against XLA's convolution, values and gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lightnets_jax.models import layers
+
+# (input shape, kernel shape, stride, padding): one case per formulation, with ragged depth blocks
+# (conv1-like, 13 output depths = 8 + 5), batch sizes that do not divide the chunk, and padding.
+CASES = {
+    "depth_toeplitz": ((3, 19, 9, 8, 1), (7, 3, 3, 1, 4), 1, 0),
+    "unfold_shift_add_3d": ((4, 9, 8, 7, 8), (5, 3, 3, 8, 6), 1, 0),
+    "unfold_shift_add_2d": ((5, 9, 9, 40), (3, 3, 40, 7), 1, 1),
+    "im2col_few_channels": ((2, 8, 8, 3), (3, 3, 3, 5), 1, 1),
+    "im2col_strided": ((3, 9, 9, 6), (3, 3, 6, 4), 2, 1),
+    "pointwise": ((2, 5, 5, 6), (1, 1, 6, 3), 1, 0),
+}
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_conv_gemm_matches_xla_convolution_and_its_gradients(case, train):
+    x_shape, k_shape, stride, padding = CASES[case]
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(x_shape, np.float32))
+    k = jnp.asarray(rng.standard_normal(k_shape, np.float32))
+
+    def loss(conv):
+        def f(x, k):
+            y = conv(x, k)
+            weights = jnp.asarray(np.random.default_rng(1).standard_normal(y.shape, np.float32))
+            return jnp.sum(y * weights), y
+        return f
+
+    fast = lambda x, k: layers.conv_gemm(x, k, stride, padding, train)  # noqa: E731
+    reference = lambda x, k: layers._conv(x, k, stride, padding, groups=1)  # noqa: E731
+    (_, y_fast), grads_fast = jax.value_and_grad(loss(fast), argnums=(0, 1), has_aux=True)(x, k)
+    (_, y_ref), grads_ref = jax.value_and_grad(loss(reference), argnums=(0, 1), has_aux=True)(x, k)
+    assert y_fast.shape == y_ref.shape
+    np.testing.assert_allclose(y_fast, y_ref, rtol=1e-4, atol=1e-4)
+    for got, want in zip(grads_fast, grads_ref):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3 * float(jnp.max(jnp.abs(want))))
