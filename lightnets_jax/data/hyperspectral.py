@@ -45,7 +45,7 @@ class DataError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Scene:
     name: str
-    cube: np.ndarray  # (H, W, B) float32
+    cube: np.ndarray | None  # (H, W, B) float32
     labels: np.ndarray  # (H, W) int32, 0 = unlabelled, 1..K classes
     class_names: tuple[str, ...]
 
@@ -147,14 +147,20 @@ def validate_scene(cube: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.nda
         raise DataError(f"the ground truth must be (height, width), got shape {gt.shape}")
     if cube.shape[:2] != gt.shape:
         raise DataError(f"cube {cube.shape[:2]} and ground truth {gt.shape} differ in height/width; pass matching files")
-    cube = cube.astype(np.float32)
-    bad = ~np.isfinite(cube)
-    if bad.any():
-        r, c, b = np.argwhere(bad)[0]
-        raise DataError(f"the cube has {int(bad.sum())} NaN/inf values (first at row {r}, col {c}, band {b}); clean or mask them first")
+    cube = cube.astype(np.float32, copy=False)  # no second copy of a cube that is float32 already
+    for row in range(0, cube.shape[0], 64):  # row blocks: a whole-cube mask would cost a quarter cube
+        bad = ~np.isfinite(cube[row:row + 64])
+        if bad.any():
+            count = int(sum((~np.isfinite(cube[r:r + 64])).sum() for r in range(0, cube.shape[0], 64)))
+            r, c, b = np.argwhere(bad)[0]
+            raise DataError(f"the cube has {count} NaN/inf values (first at row {row + r}, col {c}, band {b}); "
+                            "clean or mask them first")
     if (gt < 0).any() or not np.allclose(gt, np.round(gt)):
         raise DataError("ground-truth labels must be whole numbers >= 0 (0 = unlabelled)")
     return cube, gt.astype(np.int32)
+
+
+PCA_BLOCK = 1 << 16  # pixels per transform block
 
 
 def apply_pca(cube: np.ndarray, components: int, whiten: bool = True, fit_mask: np.ndarray | None = None,
@@ -168,7 +174,11 @@ def apply_pca(cube: np.ndarray, components: int, whiten: bool = True, fit_mask: 
     flat = cube.reshape(-1, bands)
     pca = PCA(n_components=components, whiten=whiten, random_state=seed)
     pca.fit(flat if fit_mask is None else flat[fit_mask.reshape(-1)])
-    return pca.transform(flat).astype(np.float32).reshape(height, width, components)
+    # Transformed in row blocks: sklearn centres a copy of its input, a second cube at once.
+    reduced = np.empty((len(flat), components), np.float32)
+    for start in range(0, len(flat), PCA_BLOCK):
+        reduced[start:start + PCA_BLOCK] = pca.transform(flat[start:start + PCA_BLOCK])
+    return reduced.reshape(height, width, components)
 
 
 def check_window(window: int, height: int, width: int) -> None:

@@ -9,6 +9,7 @@ and writes the report, the classification map and the curves into the workdir.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
@@ -76,9 +77,10 @@ def make_config(recipe: str = "default", **overrides) -> HSIConfig:
 
 @dataclasses.dataclass
 class Prepared:
-    scene: hsi.Scene
+    scene: hsi.Scene  # its raw cube is dropped once reduced (``cube_shape`` keeps the shape)
     split: hsi.Split
     padded: np.ndarray  # (H + S - 1, W + S - 1, bands) float32, PCA-reduced and zero-padded
+    cube_shape: tuple[int, int, int]
 
 
 def prepare(config: HSIConfig) -> Prepared:
@@ -99,7 +101,9 @@ def prepare(config: HSIConfig) -> Prepared:
         fit_mask = np.zeros(scene.labels.shape, bool)
         fit_mask[split.train[:, 0], split.train[:, 1]] = True
     reduced = hsi.apply_pca(scene.cube, config.pca_components, whiten=True, fit_mask=fit_mask)
-    return Prepared(scene, split, hsi.pad_cube(reduced, config.patch_size))
+    # The raw cube is not needed past PCA; keeping it would double a large scene's footprint.
+    return Prepared(dataclasses.replace(scene, cube=None), split, hsi.pad_cube(reduced, config.patch_size),
+                    scene.cube.shape)
 
 
 def build_model(config: HSIConfig, num_classes: int):
@@ -130,7 +134,7 @@ def train(config: HSIConfig, workdir: Path, resume: bool = False, log=print) -> 
     steps = _steps_per_epoch(config, len(split.train))
     state = _initial_state(config, prepared, steps)
     state, start_epoch = checkpoint.start_or_resume(workdir, config, state, resume, log)
-    log(f"{prepared.scene.name}: cube {prepared.scene.cube.shape}, {len(split.train)} train / "
+    log(f"{prepared.scene.name}: cube {prepared.cube_shape}, {len(split.train)} train / "
         f"{len(split.test)} test pixels ({split.method}); {config.model}, {config.epochs} epochs, "
         f"batch {batch}, {steps} steps/epoch on {jax.devices()[0].platform}")
 
@@ -180,20 +184,25 @@ def train(config: HSIConfig, workdir: Path, resume: bool = False, log=print) -> 
 
 def predict(state: engine.TrainState, padded: np.ndarray, coords: np.ndarray, window: int, batch_size: int = 256,
             desc: str = "predict") -> np.ndarray:
-    """Class predictions for pixel coordinates, streamed in fixed-size batches (one compiled shape)."""
+    """Class predictions for pixel coordinates, streamed in fixed-size batches (one compiled shape).
+
+    Only the padded, PCA-reduced cube lives on the device; each batch's patches are cut there
+    and dropped after use, so memory stays near the size of the reduced cube.
+    """
     padded_device = jnp.asarray(padded)
-
-    @jax.jit
-    def predict_batch(state, batch_coords):
-        patches = hsi.gather_patches(padded_device, batch_coords[:, 0], batch_coords[:, 1], window)
-        return jnp.argmax(engine.eval_step(state, patches), axis=-1)
-
     out = np.empty(len(coords), np.int32)
     for start in tqdm(range(0, len(coords), batch_size), desc=desc, leave=False, unit="batch"):
         chunk = coords[start:start + batch_size]
         padded_chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), 0)])
-        out[start:start + len(chunk)] = np.asarray(predict_batch(state, jnp.asarray(padded_chunk)))[:len(chunk)]
+        labels = _predict_batch(state, padded_device, jnp.asarray(padded_chunk), window)
+        out[start:start + len(chunk)] = np.asarray(labels)[:len(chunk)]
     return out
+
+
+@functools.partial(jax.jit, static_argnames="window")
+def _predict_batch(state: engine.TrainState, padded: jax.Array, coords: jax.Array, window: int) -> jax.Array:
+    patches = hsi.gather_patches(padded, coords[:, 0], coords[:, 1], window)
+    return jnp.argmax(engine.eval_step(state, patches), axis=-1)
 
 
 def evaluate(workdir: Path, state=None, prepared: Prepared | None = None, config: HSIConfig | None = None,

@@ -1,0 +1,34 @@
+"""The data/memory benchmark script runs end to end on a tiny synthetic scene."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_hyperspectral_data.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("bench_hyperspectral_data", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_scene_phase_reports_peak_memory_and_predicted_pixels(tmp_path, capsys):
+    out = tmp_path / "records.json"
+    assert _load_script().main(["--phases", "scene", "--side", "40", "--bands", "32", "--max-batches", "1",
+                                "--json", str(out)]) == 0
+    (record,) = json.loads(out.read_text())
+    assert record["phase"] == "scene" and record["pixels"] == 1600 and record["predicted_pixels"] == 256
+    assert 100 < record["peak_rss_mb"] < 4000
+    assert record["peak_rss_after_prepare_mb"] <= record["peak_rss_mb"]
+    assert "peak RSS" in capsys.readouterr().out
+
+
+def test_bad_arguments_are_refused_with_the_fix(capsys):
+    with pytest.raises(SystemExit):
+        _load_script().main(["--phases", "scene,typo"])
+    assert "unknown phase(s) typo" in capsys.readouterr().err
