@@ -34,11 +34,19 @@ def write_json(path: Path, payload: Any) -> None:
 
 def save(workdir: Path, state: Any, epoch: int, keep: int = 3) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(workdir)
     path = workdir / f"checkpoint_{epoch:04d}.msgpack"
     atomic_write(path, serialization.to_bytes(state))
     for old in sorted(_epochs(workdir))[:-keep]:
         (workdir / f"checkpoint_{old:04d}.msgpack").unlink(missing_ok=True)
     return path
+
+
+def remove_stale_temporaries(workdir: Path) -> None:
+    """Delete temporary files that a killed process left mid-write (never our own)."""
+    for tmp in workdir.glob(".*.tmp-*"):
+        if not tmp.name.endswith(f".tmp-{os.getpid()}"):
+            tmp.unlink(missing_ok=True)
 
 
 def _epochs(workdir: Path) -> list[int]:
