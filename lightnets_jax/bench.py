@@ -65,12 +65,15 @@ def _torch_steps(name: str, x: np.ndarray, y: np.ndarray):
     from lightnets_jax import reference_torch
 
     torch.set_num_threads(os.cpu_count() or 1)
-    module = reference_torch.build(name)
+    # PyTorch runs on the accelerator JAX uses when it has one (a CUDA build of torch is needed).
+    device = "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
+    module = reference_torch.build(name).to(device)
     if name.startswith("hybridsn"):
-        xt = torch.from_numpy(x.transpose(0, 3, 1, 2)[:, None].copy())
+        xt = torch.from_numpy(x.transpose(0, 3, 1, 2)[:, None].copy()).to(device)
     else:
-        xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
-    yt = torch.from_numpy(y.astype(np.int64))
+        xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device)
+    yt = torch.from_numpy(y.astype(np.int64)).to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     optimizer = torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9)
     criterion = torch.nn.CrossEntropyLoss()
 
@@ -79,13 +82,27 @@ def _torch_steps(name: str, x: np.ndarray, y: np.ndarray):
         optimizer.zero_grad()
         criterion(module(xt), yt).backward()
         optimizer.step()
+        sync()
 
     def eval_once():
         module.eval()
         with torch.no_grad():
             module(xt)
+        sync()
 
     return train_once, eval_once
+
+
+def pipeline_images_per_s(batch_size: int, batches: int = 20) -> float:
+    """Images/s of the CIFAR-10 input pipeline (crop, flip, normalize) on one host thread."""
+    from lightnets_jax.data import cifar10
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch_size, 32, 32, 3), dtype=np.uint8)
+    tic = time.perf_counter()
+    for _ in range(batches):
+        cifar10.normalize(cifar10.random_crop_flip(images, rng))
+    return batch_size * batches / (time.perf_counter() - tic)
 
 
 def run(name: str, batch_size: int = 128, steps: int = 5, compare_torch: bool = False,
@@ -99,6 +116,8 @@ def run(name: str, batch_size: int = 128, steps: int = 5, compare_torch: bool = 
         frameworks["torch"] = _torch_steps(name, x, y)
     result: dict = {"model": name, "batch_size": batch_size, "steps": steps, "conv_impl": conv_impl,
                     "machine": machine_line()}
+    if x.shape[1:] == (32, 32, 3):  # a CIFAR-10 model: can its input pipeline keep up with the step?
+        result["pipeline_images_per_s"] = pipeline_images_per_s(batch_size)
     for framework, (train_once, eval_once) in frameworks.items():
         tic = time.perf_counter()
         train_once()
@@ -127,7 +146,9 @@ def machine_line() -> str:
     try:
         import torch
 
-        torch_version = f", torch {torch.__version__} ({torch.get_num_threads()} threads)"
+        torch_device = torch.cuda.get_device_name(0) if device.platform == "gpu" and torch.cuda.is_available() else \
+            f"CPU, {torch.get_num_threads()} threads"
+        torch_version = f", torch {torch.__version__} ({torch_device})"
     except ImportError:
         pass
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} on "
@@ -140,4 +161,6 @@ def format_row(result: dict) -> str:
     if "torch_train_images_per_s" in result:
         line += (f"  | torch train {result['torch_train_images_per_s']:8.1f} eval {result['torch_eval_images_per_s']:8.1f}"
                  f"  | ratio train {result['train_ratio_jax_over_torch']:.2f}x eval {result['eval_ratio_jax_over_torch']:.2f}x")
+    if "pipeline_images_per_s" in result:
+        line += f"  | input pipeline {result['pipeline_images_per_s']:.0f} img/s"
     return line

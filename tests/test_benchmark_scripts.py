@@ -1,4 +1,4 @@
-"""The data/memory benchmark script runs end to end on a tiny synthetic scene."""
+"""Benchmark tools run end to end: the data/memory script on a tiny scene, `lightnets bench`."""
 
 import importlib.util
 import json
@@ -32,3 +32,17 @@ def test_bad_arguments_are_refused_with_the_fix(capsys):
     with pytest.raises(SystemExit):
         _load_script().main(["--phases", "scene,typo"])
     assert "unknown phase(s) typo" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_lightnets_bench_times_both_frameworks_and_the_input_pipeline():
+    pytest.importorskip("torch")
+    from lightnets_jax import bench
+
+    result = bench.run("mobilenet_v1", batch_size=4, steps=2, compare_torch=True)
+    for key in ("jax_train_images_per_s", "jax_eval_images_per_s", "torch_train_images_per_s",
+                "torch_eval_images_per_s", "pipeline_images_per_s"):
+        assert result[key] > 0, key
+    assert result["train_ratio_jax_over_torch"] == pytest.approx(
+        result["jax_train_images_per_s"] / result["torch_train_images_per_s"])
+    assert "input pipeline" in bench.format_row(result) and "ratio train" in bench.format_row(result)

@@ -1,6 +1,7 @@
 """The CIFAR-10 engine on tiny synthetic data: overfitting, determinism, resume, data parallel."""
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -42,7 +43,9 @@ def test_resume_ends_with_the_same_parameters_and_eval_is_deterministic(tiny_cif
     assert 0 <= straight["test_accuracy"] <= 100 and straight["epochs"] == 2
 
     classification.train(config, tmp_path / "resumed", log=quiet)
-    (tmp_path / "resumed" / "checkpoint_0002.msgpack").unlink()  # as if killed during epoch 2
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "2")  # as if killed during epoch 2
+    assert checkpoint.latest_epoch(tmp_path / "resumed") == 1
+    assert checkpoint.latest_epoch(tmp_path / "resumed", checkpoint.BEST) in (1, 2)
     classification.train(config, tmp_path / "resumed", resume=True, log=quiet)
     a, b = _params(tmp_path / "straight", config), _params(tmp_path / "resumed", config)
     for key in a:

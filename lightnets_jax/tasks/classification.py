@@ -1,9 +1,9 @@
 """Train and evaluate the MobileNets on CIFAR-10 with the shared engine, data-parallel.
 
-The note's loop, done properly: augmentation vectorized in NumPy on a background thread (one
-batch ahead of the device), a validation split carved from the training set picks the best
-checkpoint (never the test set), checkpoints every epoch, ``--resume`` continues bit-exactly,
-and the note's log lines are kept.
+The note's loop, done properly: augmentation vectorized in NumPy and the transfer to the
+devices on a background thread (one batch ahead of the step), a validation split carved from
+the training set picks the best checkpoint (never the test set), checkpoints every epoch,
+``--resume`` continues bit-exactly, and the note's log lines are kept.
 """
 
 from __future__ import annotations
@@ -92,9 +92,10 @@ def train(config: CifarConfig, workdir: Path, resume: bool = False, log=print) -
     step_fn = jax.jit(lambda s, x, y: engine.train_step(s, x, y, config.label_smoothing), donate_argnums=0)
 
     def batch_at(order, rng, i):
+        """Augment batch i and put it on the devices, sharded (runs on the prefetch thread)."""
         idx = order[i * config.batch_size:(i + 1) * config.batch_size]
         images = cifar10.normalize(cifar10.random_crop_flip(data.train_images[idx], rng))
-        return images, data.train_labels[idx]
+        return parallel.shard_global_batch(images), parallel.shard_global_batch(data.train_labels[idx])
 
     history = checkpoint.read_history(workdir, start_epoch)
     best = max((h["val_accuracy"] for h in history), default=-1.0)
@@ -108,10 +109,9 @@ def train(config: CifarConfig, workdir: Path, resume: bool = False, log=print) -
             with tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, unit="step") as bar:
                 for i in bar:
                     images, labels = upcoming.result()
-                    if i + 1 < steps:  # augment the next batch while the device runs this one
+                    if i + 1 < steps:  # augment and transfer the next batch while the device runs this one
                         upcoming = prefetcher.submit(batch_at, order, rng, i + 1)
-                    state, metrics = step_fn(state, parallel.shard_global_batch(images),
-                                             parallel.shard_global_batch(labels))
+                    state, metrics = step_fn(state, images, labels)
                     losses.append(metrics["loss"])
                     accs.append(metrics["accuracy"])
                     if i % 100 == 0:
@@ -136,7 +136,7 @@ def train(config: CifarConfig, workdir: Path, resume: bool = False, log=print) -
             checkpoint.save(workdir, state, epoch + 1)
             if val > best:
                 best = val
-                checkpoint.atomic_write(workdir / "best.msgpack", (workdir / f"checkpoint_{epoch + 1:04d}.msgpack").read_bytes())
+                checkpoint.save(workdir, state, epoch + 1, keep=1, folder=checkpoint.BEST)
             with open(workdir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
             history.append(record)

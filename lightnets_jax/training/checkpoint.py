@@ -1,8 +1,12 @@
-"""Crash-safe checkpoints: one file per epoch, written to a temporary name then renamed.
+"""Crash-safe checkpoints with orbax: one step directory per epoch, the last few kept, plus the best.
 
-A rename is atomic on POSIX file systems, so a run killed at any moment (SIGKILL during a save
-included) leaves either the previous checkpoint or the new one, never a torn file, and loses at
-most the epoch in flight.
+Orbax writes each checkpoint into a temporary directory and renames it when complete (a rename
+is atomic on POSIX file systems), so a run killed at any moment, SIGKILL during a save included,
+leaves whole checkpoints only and loses at most the epoch in flight; the temporary directory a
+killed save leaves behind is removed when the next run opens the folder. Saves are synchronous:
+when ``save`` returns, the epoch is on disk.
+
+Layout in the workdir: ``checkpoints/<epoch>/`` (the last ``keep``) and ``best/<epoch>/`` (one).
 """
 
 from __future__ import annotations
@@ -10,13 +14,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any, Callable
 
-from flax import serialization
+import orbax.checkpoint as ocp
 
-_NAME = re.compile(r"^checkpoint_(\d+)\.msgpack$")
+LATEST, BEST = "checkpoints", "best"
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -32,39 +35,41 @@ def write_json(path: Path, payload: Any) -> None:
     atomic_write(path, (json.dumps(payload, indent=2) + "\n").encode())
 
 
-def save(workdir: Path, state: Any, epoch: int, keep: int = 3) -> Path:
+def _manager(folder: Path, keep: int) -> ocp.CheckpointManager:
+    # Opening the folder removes what a killed save left behind (cleanup_tmp_directories).
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=True)
+    return ocp.CheckpointManager(folder.absolute(), options=options)
+
+
+def save(workdir: Path, state: Any, epoch: int, keep: int = 3, folder: str = LATEST) -> Path:
+    """Write ``state`` as epoch ``epoch`` under ``workdir/folder``, keeping the newest ``keep``."""
     workdir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(workdir)
-    path = workdir / f"checkpoint_{epoch:04d}.msgpack"
-    atomic_write(path, serialization.to_bytes(state))
-    for old in sorted(_epochs(workdir))[:-keep]:
-        (workdir / f"checkpoint_{old:04d}.msgpack").unlink(missing_ok=True)
-    return path
+    with _manager(workdir / folder, keep) as manager:
+        manager.save(epoch, args=ocp.args.StandardSave(state), force=True)
+    return workdir / folder / str(epoch)
 
 
-def remove_stale_temporaries(workdir: Path) -> None:
-    """Delete temporary files that a killed process left mid-write (never our own)."""
-    for tmp in workdir.glob(".*.tmp-*"):
-        if not tmp.name.endswith(f".tmp-{os.getpid()}"):
-            tmp.unlink(missing_ok=True)
+def epochs(workdir: Path, folder: str = LATEST) -> list[int]:
+    """Epochs with a complete checkpoint. Orbax renames a step's temporary directory to the bare
+    epoch number only once it is complete, so a save cut short by a kill is never listed. (Listing
+    the folder, not opening a manager, is safe while another process is saving or pruning.)"""
+    path = workdir / folder
+    return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit()) if path.is_dir() else []
 
 
-def _epochs(workdir: Path) -> list[int]:
-    return [int(m.group(1)) for p in workdir.glob("checkpoint_*.msgpack") if (m := _NAME.match(p.name))]
+def latest_epoch(workdir: Path, folder: str = LATEST) -> int | None:
+    saved = epochs(workdir, folder)
+    return saved[-1] if saved else None
 
 
-def latest_epoch(workdir: Path) -> int | None:
-    epochs = _epochs(workdir) if workdir.is_dir() else []
-    return max(epochs) if epochs else None
-
-
-def restore(workdir: Path, target: Any, epoch: int | None = None) -> tuple[Any, int]:
+def restore(workdir: Path, target: Any, epoch: int | None = None, folder: str = LATEST) -> tuple[Any, int]:
     """The state saved at ``epoch`` (default: the latest) in the structure of ``target``."""
-    epoch = latest_epoch(workdir) if epoch is None else epoch
+    epoch = latest_epoch(workdir, folder) if epoch is None else epoch
     if epoch is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}; train first (lightnets train ... --workdir {workdir})")
-    data = (workdir / f"checkpoint_{epoch:04d}.msgpack").read_bytes()
-    return serialization.from_bytes(target, data), epoch
+        raise FileNotFoundError(f"no checkpoint in {workdir / folder}; train first (lightnets train ... --workdir {workdir})")
+    with ocp.StandardCheckpointer() as reader:
+        return reader.restore((workdir / folder / str(epoch) / "default").absolute(), target), epoch
 
 
 def config_from_json(config_cls: type, payload: dict):
