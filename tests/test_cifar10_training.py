@@ -109,3 +109,21 @@ def test_data_parallel_on_four_devices_matches_one_device():
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "batch size 10 is not divisible by the 4 devices" in result.stdout
+
+
+def test_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(
+        tiny_cifar, tmp_path, monkeypatch):
+    import jax.numpy as jnp
+
+    real_step = engine.train_step
+
+    def poisoned(state, images, labels, label_smoothing=0.0):  # the loss turns NaN from step 5 on
+        new_state, metrics = real_step(state, images, labels, label_smoothing)
+        return new_state, {**metrics, "loss": jnp.where(state.step >= 5, jnp.nan, metrics["loss"])}
+
+    monkeypatch.setattr(engine, "train_step", poisoned)
+    config = _config(tiny_cifar, epochs=3)  # 4 steps per epoch: step 5 is in epoch 2
+    with pytest.raises(FloatingPointError, match=r"loss became nan at step 5 \(epoch 2\).*lower --lr"):
+        classification.train(config, tmp_path / "run", log=lambda *_: None)
+    assert checkpoint.epochs(tmp_path / "run") == [1]
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1

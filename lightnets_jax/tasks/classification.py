@@ -123,8 +123,9 @@ def train(config: CifarConfig, workdir: Path, resume: bool = False, log=print) -
                         bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{(i + 1) * config.batch_size / (time.time() - tic):.0f}")
             losses = np.asarray(jax.device_get(losses), np.float64)
             if not np.all(np.isfinite(losses)):
-                raise FloatingPointError(f"loss became non-finite in epoch {epoch + 1}; the last good checkpoint "
-                                         f"is kept in {workdir}; lower --lr")
+                first_bad = int(np.argmax(~np.isfinite(losses)))
+                raise FloatingPointError(f"loss became {losses[first_bad]} at step {epoch * steps + first_bad} "
+                                         f"(epoch {epoch + 1}); the last good checkpoint is kept in {workdir}; lower --lr")
             train_seconds = time.time() - tic
             val = accuracy(state, data.train_images[val_idx], data.train_labels[val_idx], parallel,
                            config.batch_size, "validate")
