@@ -214,6 +214,8 @@ def depthwise_conv_shifted(x: Array, kernel: Array, strides: int, padding: int) 
 # (HybridSN's conv2: 1.6 GB at batch 128) and XLA spends most of a conv writing them to fresh memory;
 # a few samples at a time stay small and are 3-4x faster forward (docs/performance.md).
 IM2COL_CHUNK = 8
+# Smallest GEMM contraction worth the unfold-and-shift-add formulation (docs/performance.md).
+MIN_CONTRACTION = 64
 # Output depths per block of the depth-Toeplitz 3D conv (few input channels, e.g. HybridSN's conv1).
 DEPTH_BLOCK = 8
 
@@ -228,9 +230,10 @@ def conv_gemm(x: Array, kernel: Array, strides: int, padding: int, train: bool =
 
     * 1x1: one GEMM, nothing to unfold;
     * stride 1, 3D, few input channels: depth-Toeplitz (``_depth_toeplitz``);
-    * stride 1, otherwise: unfold the trailing spatial axes, shift-and-add over the first
+    * stride 1, enough channels: unfold the trailing spatial axes, shift-and-add over the first
       (``_unfold_shift_add``);
-    * strided: full im2col, unfolded in chunks only at inference (``_im2col``).
+    * strided, or 2D with few channels (an RGB stem): full im2col (``_im2col``), in chunks only
+      at inference, as measured fastest for the MobileNet stems.
     """
     spatial = x.ndim - 2
     taps = kernel.shape[:spatial]
@@ -244,9 +247,12 @@ def conv_gemm(x: Array, kernel: Array, strides: int, padding: int, train: bool =
     if strides != 1:
         return _chunked(partial(_im2col, kernel=kernel, strides=strides, out_sizes=out_sizes), x,
                         out_sizes, cout, chunked=not train, remat=False)
-    if spatial == 3 and cin * math.prod(taps[1:]) < 64:
+    # Unfolding all but the first axis gives a contraction of taps[1:]·C; below MIN_CONTRACTION the
+    # GEMMs are too thin to run well (HybridSN's conv1: 3·3·1 = 9).
+    thin = math.prod(taps[1:]) * cin < MIN_CONTRACTION
+    if spatial == 3 and thin:
         return _chunked(partial(_depth_toeplitz, kernel=kernel, out_sizes=out_sizes), x, out_sizes, cout)
-    if math.prod(taps[1:]) * cin >= 64:
+    if not thin:
         return _chunked(partial(_unfold_shift_add, kernel=kernel, out_sizes=out_sizes), x, out_sizes, cout)
     return _chunked(partial(_im2col, kernel=kernel, strides=1, out_sizes=out_sizes), x, out_sizes, cout,
                     chunked=not train, remat=False)

@@ -142,7 +142,7 @@ def train(config: HSIConfig, workdir: Path, resume: bool = False, log=print) -> 
     train_coords, train_labels = jnp.asarray(split.train), jnp.asarray(split.train_labels)
     window = config.patch_size
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=0)  # the old state's buffers are reused for the new one
     def epoch_step(state, indices):
         coords, labels = train_coords[indices], train_labels[indices]
         patches = hsi.gather_patches(padded, coords[:, 0], coords[:, 1], window)
