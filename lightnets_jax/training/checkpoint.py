@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,10 +36,15 @@ def write_json(path: Path, payload: Any) -> None:
     atomic_write(path, (json.dumps(payload, indent=2) + "\n").encode())
 
 
+_PRUNED = "pruned"
+
+
 def _manager(folder: Path, keep: int) -> ocp.CheckpointManager:
-    # Opening the folder removes what a killed save left behind (cleanup_tmp_directories).
+    # Opening the folder removes what a killed save left behind (cleanup_tmp_directories). Old
+    # epochs are first renamed into _PRUNED (atomic) and deleted from there, so a kill during the
+    # deletion never leaves a half-deleted epoch under its number.
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False,
-                                           cleanup_tmp_directories=True)
+                                           cleanup_tmp_directories=True, todelete_subdir=_PRUNED)
     return ocp.CheckpointManager(folder.absolute(), options=options)
 
 
@@ -47,6 +53,7 @@ def save(workdir: Path, state: Any, epoch: int, keep: int = 3, folder: str = LAT
     workdir.mkdir(parents=True, exist_ok=True)
     with _manager(workdir / folder, keep) as manager:
         manager.save(epoch, args=ocp.args.StandardSave(state), force=True)
+    shutil.rmtree(workdir / folder / _PRUNED, ignore_errors=True)
     return workdir / folder / str(epoch)
 
 
