@@ -59,14 +59,18 @@ def _jax_steps(name: str, x: np.ndarray, y: np.ndarray, conv_impl: str):
     return train_once, eval_once
 
 
+def _torch_device(torch) -> str:
+    """PyTorch runs on the accelerator JAX uses when it has one (a CUDA build of torch is needed)."""
+    return "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
+
+
 def _torch_steps(name: str, x: np.ndarray, y: np.ndarray):
     import torch
 
     from lightnets_jax import reference_torch
 
     torch.set_num_threads(os.cpu_count() or 1)
-    # PyTorch runs on the accelerator JAX uses when it has one (a CUDA build of torch is needed).
-    device = "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
+    device = _torch_device(torch)
     module = reference_torch.build(name).to(device)
     if name.startswith("hybridsn"):
         xt = torch.from_numpy(x.transpose(0, 3, 1, 2)[:, None].copy()).to(device)
@@ -146,8 +150,8 @@ def machine_line() -> str:
     try:
         import torch
 
-        torch_device = torch.cuda.get_device_name(0) if device.platform == "gpu" and torch.cuda.is_available() else \
-            f"CPU, {torch.get_num_threads()} threads"
+        torch_device = (torch.cuda.get_device_name(0) if _torch_device(torch) == "cuda"
+                        else f"CPU, {torch.get_num_threads()} threads")
         torch_version = f", torch {torch.__version__} ({torch_device})"
     except ImportError:
         pass

@@ -69,7 +69,9 @@ def phase_ours(args) -> dict:
 
 def phase_scene(args) -> dict:
     import jax
+    import optax
 
+    from lightnets_jax.data import hyperspectral as hsi
     from lightnets_jax.tasks import hyperspectral as task
     from lightnets_jax.training import engine
 
@@ -91,19 +93,18 @@ def phase_scene(args) -> dict:
         prepared = task.prepare(config)
         prepare_seconds = time.perf_counter() - tic
         prepare_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    height, width = prepared.scene.labels.shape
-    coords = np.stack(np.meshgrid(np.arange(height), np.arange(width), indexing="ij"), -1).reshape(-1, 2)
-    model = task.build_model(config, prepared.scene.num_classes)
-    import optax
-
-    state = engine.create_train_state(model, optax.sgd(0.0), np.zeros((1, 25, 25, 30), np.float32), 0)
-    batch = 256
+    coords = hsi.scene_pixels(*prepared.scene.labels.shape)
+    window, batch = config.patch_size, 256
+    model = task.build_model(config, prepared.scene.num_classes)  # untrained: memory and time only
+    example = np.zeros((1, window, window, config.pca_components), np.float32)
+    state = engine.create_train_state(model, optax.sgd(0.0), example, 0)
     measured = coords[: batch * args.max_batches]
-    task.predict(state, prepared.padded, measured[:batch], 25, batch)  # compile
+    task.predict(state, prepared.padded, measured[:batch], window, batch)  # compile
     tic = time.perf_counter()
-    task.predict(state, prepared.padded, measured, 25, batch)
+    task.predict(state, prepared.padded, measured, window, batch)
     seconds = time.perf_counter() - tic
-    return {"prepare_seconds": prepare_seconds, "peak_rss_after_prepare_mb": prepare_peak_mb, "pixels": len(coords), "predicted_pixels": len(measured),
+    return {"prepare_seconds": prepare_seconds, "peak_rss_after_prepare_mb": prepare_peak_mb,
+            "pixels": len(coords), "predicted_pixels": len(measured),
             "predict_seconds": seconds, "scene_predict_seconds_extrapolated": seconds * len(coords) / len(measured),
             "device": str(jax.devices()[0])}
 

@@ -213,6 +213,12 @@ def labelled_pixels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([rows, cols], axis=1).astype(np.int32), (labels[rows, cols] - 1).astype(np.int32)
 
 
+def scene_pixels(height: int, width: int) -> np.ndarray:
+    """Row-major coordinates of every pixel of a scene, labelled or not (for full-scene maps)."""
+    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    return np.stack([rows.ravel(), cols.ravel()], axis=1).astype(np.int32)
+
+
 @dataclasses.dataclass(frozen=True)
 class Split:
     train: np.ndarray  # (n, 2) pixel coordinates
