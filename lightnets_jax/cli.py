@@ -42,7 +42,7 @@ def _optimizer(base, args):
     import dataclasses
 
     changes = {"name": args.optimizer, "learning_rate": args.lr, "schedule": args.schedule,
-               "weight_decay": args.weight_decay}
+               "weight_decay": args.weight_decay, "nesterov": args.nesterov}
     return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
 
 
@@ -53,7 +53,8 @@ def _train_cifar(args) -> int:
     initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     defaults = classification.CifarConfig()
     overrides = {"model": args.model, "data_dir": args.data_dir, "epochs": args.epochs, "batch_size": args.batch_size,
-                 "seed": args.seed, "label_smoothing": args.label_smoothing, "bf16": args.bf16 or None,
+                 "seed": args.seed, "label_smoothing": args.label_smoothing, "val_size": args.val_size,
+                 "bf16": args.bf16 or None,
                  "optimizer": _optimizer(defaults.optimizer, args)}
     config = classification.CifarConfig(**{k: v for k, v in overrides.items() if v is not None})
     workdir = Path(args.workdir or f"runs/{args.model}_cifar10_seed{config.seed}")
@@ -123,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--schedule", choices=["constant", "cosine", "step", "onecycle"])
     train.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
     train.add_argument("--weight-decay", type=float)
+    train.add_argument("--nesterov", action=argparse.BooleanOptionalAction, help="SGD with Nesterov momentum")
     train.add_argument("--label-smoothing", type=float)
+    train.add_argument("--val-size", type=int, help="CIFAR-10: training images held out to pick the best checkpoint")
     train.add_argument("--bf16", action="store_true", help="bfloat16 compute, float32 parameters")
     train.add_argument("--init", choices=["torch", "glorot"], help="weight initialization")
     train.add_argument("--seed", type=int, help="initialization, dropout and shuffling seed")

@@ -129,3 +129,14 @@ def test_real_cifar10_if_present():
     assert data.train_images.shape == (50000, 32, 32, 3)
     assert data.test_labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
     np.testing.assert_allclose(data.train_images.reshape(-1, 3).mean(0), [125.307, 122.950, 113.865], atol=1e-3)
+
+
+@pytest.mark.parametrize("val_size", [0, 25])
+def test_validation_split_that_leaves_no_training_batch_is_refused(tmp_path, val_size):
+    from lightnets_jax.tasks import classification
+
+    _write_python(tmp_path / "data" / "cifar-10-batches-py", _batches(n=6))  # 30 training images
+    config = classification.CifarConfig(data_dir=str(tmp_path / "data"), batch_size=8, val_size=val_size)
+    with pytest.raises(ValueError, match=rf"--val-size {val_size} leaves no full training batch of 8 .* choose 1 to 22"):
+        classification.train(config, tmp_path / "run", log=lambda *_: None)
+    assert not (tmp_path / "run").exists()

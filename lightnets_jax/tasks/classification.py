@@ -33,12 +33,15 @@ class CifarConfig:
     data_dir: str | None = None
     epochs: int = 10
     batch_size: int = 128
-    val_size: int = 5000
+    # 2,000 held-out images pick the best checkpoint; the other 48,000 train (the note trains on all 50,000).
+    val_size: int = 2000
     seed: int = 0
-    label_smoothing: float = 0.0
+    # kuangliu's recipe (SGD 0.1, momentum 0.9, weight decay 5e-4, cosine) over the note's 10 epochs, plus
+    # Nesterov momentum and label smoothing 0.1 (without them, on 45,000 training images, 10 epochs reached
+    # 84.85 %, under the 85 % asked for; docs/results.md has the runs behind this choice).
+    label_smoothing: float = 0.1
     bf16: bool = False
-    # kuangliu's recipe (SGD 0.1, momentum 0.9, weight decay 5e-4, cosine) over the note's 10 epochs.
-    optimizer: engine.OptimizerConfig = engine.OptimizerConfig("sgd", 0.1, "cosine", weight_decay=5e-4)
+    optimizer: engine.OptimizerConfig = engine.OptimizerConfig("sgd", 0.1, "cosine", nesterov=True, weight_decay=5e-4)
 
     @classmethod
     def from_json(cls, payload: dict) -> "CifarConfig":
@@ -81,6 +84,10 @@ def train(config: CifarConfig, workdir: Path, resume: bool = False, log=print) -
     parallel.check_batch_size(config.batch_size)
     checkpoint.check_fresh(workdir, resume)
     data = cifar10.load(config.data_dir)
+    if not 0 < config.val_size <= len(data.train_labels) - config.batch_size:
+        raise ValueError(f"--val-size {config.val_size} leaves no full training batch of {config.batch_size} "
+                         f"from {len(data.train_labels)} images (or holds out nothing); choose 1 to "
+                         f"{len(data.train_labels) - config.batch_size}")
     train_idx, val_idx = _split(data, config)
     steps = len(train_idx) // config.batch_size
     state = _state(config, steps)
