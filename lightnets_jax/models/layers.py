@@ -212,8 +212,10 @@ def depthwise_conv_shifted(x: Array, kernel: Array, strides: int, padding: int) 
 
 # Samples per chunk of the GEMM convolutions: unfolded patches of a whole batch take gigabytes
 # (HybridSN's conv2: 1.6 GB at batch 128) and XLA spends most of a conv writing them to fresh memory;
-# a few samples at a time stay small and are 3-4x faster forward (docs/performance.md).
+# a few samples at a time stay small and are 3-4x faster forward (docs/performance.md). Inference
+# keeps smaller chunks, closer to the caches; training's backward runs best on 8 (measured per layer).
 IM2COL_CHUNK = 8
+EVAL_CHUNK = 2
 # Smallest GEMM contraction worth the unfold-and-shift-add formulation (docs/performance.md).
 MIN_CONTRACTION = 64
 # Output depths per block of the depth-Toeplitz 3D conv (few input channels, e.g. HybridSN's conv1).
@@ -244,25 +246,27 @@ def conv_gemm(x: Array, kernel: Array, strides: int, padding: int, train: bool =
     if math.prod(taps) == 1:
         cols = x[(slice(None),) + (slice(None, None, strides),) * spatial]
         return (cols.reshape(-1, cin) @ kernel.reshape(cin, cout)).reshape(x.shape[0], *out_sizes, cout)
+    chunk = IM2COL_CHUNK if train else EVAL_CHUNK
     if strides != 1:
         return _chunked(partial(_im2col, kernel=kernel, strides=strides, out_sizes=out_sizes), x,
-                        out_sizes, cout, chunked=not train, remat=False)
+                        out_sizes, cout, chunk=None if train else chunk, remat=False)
     # Unfolding all but the first axis gives a contraction of taps[1:]·C; below MIN_CONTRACTION the
     # GEMMs are too thin to run well (HybridSN's conv1: 3·3·1 = 9).
     thin = math.prod(taps[1:]) * cin < MIN_CONTRACTION
     if spatial == 3 and thin:
-        return _chunked(partial(_depth_toeplitz, kernel=kernel, out_sizes=out_sizes), x, out_sizes, cout)
+        return _chunked(partial(_depth_toeplitz, kernel=kernel, out_sizes=out_sizes), x, out_sizes, cout, chunk)
     if not thin:
-        return _chunked(partial(_unfold_shift_add, kernel=kernel, out_sizes=out_sizes), x, out_sizes, cout)
+        return _chunked(partial(_unfold_shift_add, kernel=kernel, out_sizes=out_sizes), x, out_sizes, cout, chunk)
     return _chunked(partial(_im2col, kernel=kernel, strides=1, out_sizes=out_sizes), x, out_sizes, cout,
-                    chunked=not train, remat=False)
+                    chunk=None if train else chunk, remat=False)
 
 
-def _chunked(fn: Callable, x: Array, out_sizes: tuple[int, ...], cout: int, chunked: bool = True,
+def _chunked(fn: Callable, x: Array, out_sizes: tuple[int, ...], cout: int, chunk: int | None,
              remat: bool = True) -> Array:
-    """``fn`` over a few samples at a time (``lax.map``), rematerialized in the backward."""
+    """``fn`` over ``chunk`` samples at a time (``lax.map``; None: the whole batch at once),
+    rematerialized in the backward."""
     batch = x.shape[0]
-    chunk = math.gcd(batch, IM2COL_CHUNK) if chunked else batch
+    chunk = batch if chunk is None else math.gcd(batch, chunk)
     fn = jax.checkpoint(fn) if remat else fn
     out = lax.map(fn, x.reshape(batch // chunk, chunk, *x.shape[1:]))
     return out.reshape(batch, *out_sizes, cout)

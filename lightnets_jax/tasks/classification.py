@@ -37,8 +37,8 @@ class CifarConfig:
     val_size: int = 2000
     seed: int = 0
     # kuangliu's recipe (SGD 0.1, momentum 0.9, weight decay 5e-4, cosine) over the note's 10 epochs, plus
-    # Nesterov momentum and label smoothing 0.1 (without them, on 45,000 training images, 10 epochs reached
-    # 84.85 %, under the 85 % asked for; docs/results.md has the runs behind this choice).
+    # Nesterov momentum and label smoothing 0.1: 10 epochs reach 85.87 % test accuracy, against 84.85 %
+    # without them on 45,000 training images (docs/results.md has both runs).
     label_smoothing: float = 0.1
     bf16: bool = False
     optimizer: engine.OptimizerConfig = engine.OptimizerConfig("sgd", 0.1, "cosine", nesterov=True, weight_decay=5e-4)
