@@ -212,8 +212,9 @@ def depthwise_conv_shifted(x: Array, kernel: Array, strides: int, padding: int) 
 
 # Samples per chunk of the GEMM convolutions: unfolded patches of a whole batch take gigabytes
 # (HybridSN's conv2: 1.6 GB at batch 128) and XLA spends most of a conv writing them to fresh memory;
-# a few samples at a time stay small and are 3-4x faster forward (docs/performance.md). Inference
-# runs 14 % faster on 2-sample chunks (closer to the caches); training showed no steady gain below 8.
+# a few samples at a time stay small and are 3-4x faster forward (docs/performance.md). HybridSN's
+# 3D convs infer 11-17 % faster on 2-sample chunks (closer to the caches); training and the MobileNet
+# stems' im2col showed no steady gain below 8.
 IM2COL_CHUNK = 8
 EVAL_CHUNK = 2
 # Smallest GEMM contraction worth the unfold-and-shift-add formulation (docs/performance.md).
@@ -246,10 +247,10 @@ def conv_gemm(x: Array, kernel: Array, strides: int, padding: int, train: bool =
     if math.prod(taps) == 1:
         cols = x[(slice(None),) + (slice(None, None, strides),) * spatial]
         return (cols.reshape(-1, cin) @ kernel.reshape(cin, cout)).reshape(x.shape[0], *out_sizes, cout)
-    chunk = IM2COL_CHUNK if train else EVAL_CHUNK
     if strides != 1:
         return _chunked(partial(_im2col, kernel=kernel, strides=strides, out_sizes=out_sizes), x,
-                        out_sizes, cout, chunk=None if train else chunk, remat=False)
+                        out_sizes, cout, chunk=None if train else IM2COL_CHUNK, remat=False)
+    chunk = IM2COL_CHUNK if train else EVAL_CHUNK
     # Unfolding all but the first axis gives a contraction of taps[1:]·C; below MIN_CONTRACTION the
     # GEMMs are too thin to run well (HybridSN's conv1: 3·3·1 = 9).
     thin = math.prod(taps[1:]) * cin < MIN_CONTRACTION
@@ -258,7 +259,7 @@ def conv_gemm(x: Array, kernel: Array, strides: int, padding: int, train: bool =
     if not thin:
         return _chunked(partial(_unfold_shift_add, kernel=kernel, out_sizes=out_sizes), x, out_sizes, cout, chunk)
     return _chunked(partial(_im2col, kernel=kernel, strides=1, out_sizes=out_sizes), x, out_sizes, cout,
-                    chunk=None if train else chunk, remat=False)
+                    chunk=None if train else IM2COL_CHUNK, remat=False)
 
 
 def _chunked(fn: Callable, x: Array, out_sizes: tuple[int, ...], cout: int, chunk: int | None,
