@@ -247,9 +247,11 @@ def conv_gemm(x: Array, kernel: Array, strides: int, padding: int, train: bool =
     if math.prod(taps) == 1:
         cols = x[(slice(None),) + (slice(None, None, strides),) * spatial]
         return (cols.reshape(-1, cin) @ kernel.reshape(cin, cout)).reshape(x.shape[0], *out_sizes, cout)
+    # im2col without remat: the whole batch in training, IM2COL_CHUNK samples at a time in inference.
+    im2col_chunk = None if train else IM2COL_CHUNK
     if strides != 1:
         return _chunked(partial(_im2col, kernel=kernel, strides=strides, out_sizes=out_sizes), x,
-                        out_sizes, cout, chunk=None if train else IM2COL_CHUNK, remat=False)
+                        out_sizes, cout, im2col_chunk, remat=False)
     chunk = IM2COL_CHUNK if train else EVAL_CHUNK
     # Unfolding all but the first axis gives a contraction of taps[1:]·C; below MIN_CONTRACTION the
     # GEMMs are too thin to run well (HybridSN's conv1: 3·3·1 = 9).
@@ -259,7 +261,7 @@ def conv_gemm(x: Array, kernel: Array, strides: int, padding: int, train: bool =
     if not thin:
         return _chunked(partial(_unfold_shift_add, kernel=kernel, out_sizes=out_sizes), x, out_sizes, cout, chunk)
     return _chunked(partial(_im2col, kernel=kernel, strides=1, out_sizes=out_sizes), x, out_sizes, cout,
-                    chunk=None if train else IM2COL_CHUNK, remat=False)
+                    im2col_chunk, remat=False)
 
 
 def _chunked(fn: Callable, x: Array, out_sizes: tuple[int, ...], cout: int, chunk: int | None,

@@ -224,7 +224,8 @@ def evaluate(workdir: Path, state=None, prepared: Prepared | None = None, config
     tic = time.time()
     if config.predict_map:
         height, width = scene.labels.shape
-        full = predict(state, prepared.padded, hsi.scene_pixels(height, width), config.patch_size, desc="predict scene").reshape(height, width)
+        full = predict(state, prepared.padded, hsi.scene_pixels(height, width), config.patch_size,
+                       desc="predict scene").reshape(height, width)
         test_pred = full[split.test[:, 0], split.test[:, 1]]
     else:
         test_pred = predict(state, prepared.padded, split.test, config.patch_size, desc="predict test")
