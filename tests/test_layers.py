@@ -1,4 +1,5 @@
-"""The GEMM formulations of ``layers.conv_gemm`` against XLA's convolution, values and gradients."""
+"""The fast conv formulations (``layers.conv_gemm``, ``layers.depthwise_conv_shifted``) against XLA's
+convolutions, values and gradients."""
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,34 @@ def test_conv_gemm_matches_xla_convolution_and_its_gradients(case, train):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal(x_shape, np.float32))
     k = jnp.asarray(rng.standard_normal(k_shape, np.float32))
+    fast = lambda x, k: layers.conv_gemm(x, k, stride, padding, train)  # noqa: E731
+    reference = lambda x, k: layers._conv(x, k, stride, padding, groups=1)  # noqa: E731
+    _assert_same_values_and_gradients(fast, reference, x, k)
 
+
+# (input shape, stride, chunk bytes): batch 6 with chunks of 4 samples' bytes gives gcd(6, 4) = 2
+# samples per chunk; a budget below one sample gives one; a huge one the whole batch.
+DEPTHWISE_CASES = {
+    "stride1_chunk2": ((6, 7, 7, 5), 1, 4 * 7 * 7 * 5 * 4),
+    "stride2_chunk1": ((3, 9, 8, 4), 2, 16),
+    "stride1_whole_batch": ((4, 6, 6, 3), 1, 1 << 30),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DEPTHWISE_CASES))
+def test_depthwise_conv_shifted_matches_grouped_convolution_and_its_gradients(case, monkeypatch):
+    x_shape, stride, chunk_bytes = DEPTHWISE_CASES[case]
+    monkeypatch.setattr(layers, "DEPTHWISE_GRAD_CHUNK_BYTES", chunk_bytes)
+    rng = np.random.default_rng(0)
+    channels = x_shape[-1]
+    x = jnp.asarray(rng.standard_normal(x_shape, np.float32))
+    k = jnp.asarray(rng.standard_normal((3, 3, 1, channels), np.float32))
+    fast = lambda x, k: layers.depthwise_conv_shifted(x, k, stride, 1)  # noqa: E731
+    reference = lambda x, k: layers._conv(x, k, stride, 1, groups=channels)  # noqa: E731
+    _assert_same_values_and_gradients(fast, reference, x, k)
+
+
+def _assert_same_values_and_gradients(fast, reference, x, k):
     def loss(conv):
         def f(x, k):
             y = conv(x, k)
@@ -34,8 +62,6 @@ def test_conv_gemm_matches_xla_convolution_and_its_gradients(case, train):
             return jnp.sum(y * weights), y
         return f
 
-    fast = lambda x, k: layers.conv_gemm(x, k, stride, padding, train)  # noqa: E731
-    reference = lambda x, k: layers._conv(x, k, stride, padding, groups=1)  # noqa: E731
     (_, y_fast), grads_fast = jax.value_and_grad(loss(fast), argnums=(0, 1), has_aux=True)(x, k)
     (_, y_ref), grads_ref = jax.value_and_grad(loss(reference), argnums=(0, 1), has_aux=True)(x, k)
     assert y_fast.shape == y_ref.shape
