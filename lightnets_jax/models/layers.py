@@ -335,12 +335,17 @@ def _windows(x: Array, axes_taps: dict[int, int], out_sizes: dict[int, int], str
     return windows
 
 
+def _unfold(x: Array, axes_taps: dict[int, int], out_sizes: dict[int, int], strides: dict[int, int]) -> Array:
+    """The windows of ``_windows`` side by side on the channel axis (tap-major, channel-minor)."""
+    return jnp.concatenate(_windows(x, axes_taps, out_sizes, strides), axis=-1)
+
+
 def _im2col(chunk: Array, kernel: Array, strides: int, out_sizes: tuple[int, ...]) -> Array:
     """Every tap into the contraction axis (order (kd, kh, kw, C), the kernel's), one GEMM."""
     spatial = chunk.ndim - 2
     axes = range(1, spatial + 1)
-    cols = jnp.concatenate(_windows(chunk, dict(zip(axes, kernel.shape[:spatial])), dict(zip(axes, out_sizes)),
-                                    dict.fromkeys(axes, strides)), axis=-1)
+    cols = _unfold(chunk, dict(zip(axes, kernel.shape[:spatial])), dict(zip(axes, out_sizes)),
+                   dict.fromkeys(axes, strides))
     cout = kernel.shape[-1]
     return (cols.reshape(-1, cols.shape[-1]) @ kernel.reshape(-1, cout)).reshape(chunk.shape[0], *out_sizes, cout)
 
@@ -356,16 +361,39 @@ def _unfold_shift_add(chunk: Array, kernel: Array, out_sizes: tuple[int, ...]) -
     first, rest = kernel.shape[0], kernel.shape[1:spatial]
     cin, cout = kernel.shape[-2:]
     axes = range(2, spatial + 1)
-    cols = jnp.concatenate(_windows(chunk, dict(zip(axes, rest)), dict(zip(axes, out_sizes[1:])),
-                                    dict.fromkeys(axes, 1)), axis=-1)
+    cols = _unfold(chunk, dict(zip(axes, rest)), dict(zip(axes, out_sizes[1:])), dict.fromkeys(axes, 1))
     # (first, *rest, C, O) -> (*rest, C, first, O): one column block per first-axis tap.
     matrix = jnp.moveaxis(kernel, 0, -2).reshape(math.prod(rest) * cin, first * cout)
     z = (cols.reshape(-1, cols.shape[-1]) @ matrix).reshape(*cols.shape[:-1], first, cout)
+    return _shift_add(z, out_sizes[0], first)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _shift_add(z: Array, out_size: int, taps: int) -> Array:
+    """out[:, d] = sum over t of z[:, d + t, ..., t, :] (axis 1 is the shifted axis)."""
     out = None
-    for t in range(first):
-        term = lax.slice_in_dim(z, t, t + out_sizes[0], axis=1)[..., t, :]
+    for t in range(taps):
+        term = lax.slice_in_dim(z, t, t + out_size, axis=1)[..., t, :]
         out = term if out is None else out + term
     return out
+
+
+def _shift_add_fwd(z, out_size, taps):
+    return _shift_add(z, out_size, taps), None
+
+
+def _shift_add_bwd(out_size, taps, _, grad):
+    # grad_z[:, d, ..., t, :] = grad[:, d - t], zero outside: windows of the zero-padded gradient
+    # stacked on the tap axis. Autodiff's sum of ``taps`` padded copies compiles to a slow loop
+    # (5-9 % of a HybridSN training step, docs/performance.md).
+    pad = ((0, 0), (taps - 1, taps - 1)) + ((0, 0),) * (grad.ndim - 2)
+    padded = jnp.pad(grad, pad)
+    depth = out_size + taps - 1
+    windows = [lax.slice_in_dim(padded, taps - 1 - t, taps - 1 - t + depth, axis=1) for t in range(taps)]
+    return (jnp.stack(windows, axis=-2),)
+
+
+_shift_add.defvjp(_shift_add_fwd, _shift_add_bwd)
 
 
 def _depth_toeplitz(chunk: Array, kernel: Array, out_sizes: tuple[int, ...]) -> Array:
@@ -385,9 +413,8 @@ def _depth_toeplitz(chunk: Array, kernel: Array, out_sizes: tuple[int, ...]) -> 
     if needed > chunk.shape[1]:
         chunk = jnp.pad(chunk, ((0, 0), (0, needed - chunk.shape[1]), (0, 0), (0, 0), (0, 0)))
     # Rows: (depth within the span, kh, kw, C) for every block start (depth stride = block).
-    windows = _windows(chunk, {1: span, 2: kh, 3: kw}, {1: blocks, 2: out_sizes[1], 3: out_sizes[2]},
-                       {1: block, 2: 1, 3: 1})
-    cols = jnp.concatenate(windows, axis=-1)
+    cols = _unfold(chunk, {1: span, 2: kh, 3: kw}, {1: blocks, 2: out_sizes[1], 3: out_sizes[2]},
+                   {1: block, 2: 1, 3: 1})
     # toeplitz[j, i, k, c, b, o] = kernel[j - b, i, k, c, o] for 0 <= j - b < kd, else 0.
     toeplitz = jnp.stack([jnp.pad(kernel, ((b, block - 1 - b),) + ((0, 0),) * 4) for b in range(block)], axis=-2)
     y = cols.reshape(-1, cols.shape[-1]) @ toeplitz.reshape(span * kh * kw * cin, block * cout)
