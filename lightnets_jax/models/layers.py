@@ -203,10 +203,11 @@ def depthwise_conv_shifted(x: Array, kernel: Array, strides: int, padding: int) 
 
 def _depthwise_shifted(x: Array, kernel: Array, strides: int, padding: int) -> Array:
     kh, kw = kernel.shape[:2]
+    # Windows come in row-major tap order, the order of the kernel's rows (and of the kernel gradient).
+    taps = kernel.reshape(kh * kw, kernel.shape[-1])
     out = None
-    for (i, j), window in zip(itertools.product(range(kh), range(kw)),
-                              _depthwise_windows(x, kh, kw, strides, padding)):
-        term = window * kernel[i, j, 0]
+    for window, tap in zip(_depthwise_windows(x, kh, kw, strides, padding), taps):
+        term = window * tap
         out = term if out is None else out + term
     return out
 
