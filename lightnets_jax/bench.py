@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lightnets_jax import models
+from lightnets_jax import hugepages, models
 from lightnets_jax.training import engine
 
 
@@ -156,7 +156,7 @@ def machine_line() -> str:
     except ImportError:
         pass
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} on "
-            f"{device.platform} ({device.device_kind}){torch_version}")
+            f"{device.platform} ({device.device_kind}){torch_version}, {hugepages.describe()}")
 
 
 def format_row(result: dict) -> str:

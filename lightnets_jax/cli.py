@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from lightnets_jax import models
+from lightnets_jax import hugepages, models
 
 HSI_MODELS = ("hybridsn", "hybridsn_bn")
 
@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the command line, not a caller in this process: safe to restart the process
+        hugepages.restart_with_hugepages()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
