@@ -264,11 +264,12 @@ def _depthwise_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...],
 
 # Samples per chunk of the GEMM convolutions: unfolded patches of a whole batch take gigabytes
 # (HybridSN's conv2: 1.6 GB at batch 128) and XLA spends most of a conv writing them to fresh memory;
-# a few samples at a time stay small and are 3-4x faster forward (docs/performance.md). HybridSN's
-# 3D convs infer 11-17 % faster on 2-sample chunks (closer to the caches); training and the MobileNet
-# stems' im2col showed no steady gain below 8.
+# a few samples at a time stay small and are 3-4x faster forward (docs/performance.md).
+# The stride-1 unfold convs (HybridSN's) run 2 samples at a time, training and inference: on a
+# 2-core Xeon (2 MiB of L2 per core) training is 11-19 % faster than at 8; on the 2-core EPYC the
+# per-layer sums were within 1 %. The MobileNet stems' im2col infers 8 samples at a time.
 IM2COL_CHUNK = 8
-EVAL_CHUNK = 2
+UNFOLD_CHUNK = 2
 # Smallest GEMM contraction worth the unfold-and-shift-add formulation (docs/performance.md).
 MIN_CONTRACTION = 64
 # Output depths per block of the depth-Toeplitz 3D conv (few input channels, e.g. HybridSN's conv1).
@@ -304,7 +305,7 @@ def conv_gemm(x: Array, kernel: Array, strides: int, padding: int, train: bool =
     if strides != 1:
         return _chunked(partial(_im2col, kernel=kernel, strides=strides, out_sizes=out_sizes), x,
                         out_sizes, cout, im2col_chunk, remat=False)
-    chunk = IM2COL_CHUNK if train else EVAL_CHUNK
+    chunk = UNFOLD_CHUNK
     # Unfolding all but the first axis gives a contraction of taps[1:]·C; below MIN_CONTRACTION the
     # GEMMs are too thin to run well (HybridSN's conv1: 3·3·1 = 9).
     thin = math.prod(taps[1:]) * cin < MIN_CONTRACTION
