@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -37,9 +38,8 @@ def test_describe_names_what_backs_large_allocations():
 def test_restart_sets_the_tunable_once_and_keeps_the_command_line():
     code = ("import os, sys; from lightnets_jax import hugepages; hugepages.restart_with_hugepages(); "
             "print(os.environ.get('GLIBC_TUNABLES', ''), sys.argv[1:])")
-    env = {k: v for k, v in __import__("os").environ.items()
-           if k not in ("GLIBC_TUNABLES", hugepages.OPT_OUT_ENV)}
-    out = subprocess.run([sys.executable, "-c", code, "--flag", "x"], env=env, capture_output=True, text=True,
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", hugepages.OPT_OUT_ENV)}
+    out = subprocess.run([sys.executable, "-c", code, "--flag", "x"], env=env, capture_output=True, text=True, timeout=60,
                          check=True).stdout.strip()
     expected = hugepages.environment_with_hugepages({}, hugepages.thp_mode())
     restarted = expected is not None and sys.platform == "linux" and hugepages._glibc_supports_tunable()
