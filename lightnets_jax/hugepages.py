@@ -46,6 +46,15 @@ def _glibc_supports_tunable() -> bool:
     return (major, minor) >= (2, 35)  # malloc.hugetlb first shipped in glibc 2.35
 
 
+def _hugetlb_value(environ: dict[str, str]) -> str | None:
+    """The ``malloc.hugetlb`` value in ``GLIBC_TUNABLES`` (``name=value`` pairs joined by ``:``)."""
+    for item in environ.get("GLIBC_TUNABLES", "").split(":"):
+        name, _, value = item.partition("=")
+        if name == TUNABLE:
+            return value
+    return None
+
+
 def environment_with_hugepages(environ: dict[str, str], mode: str | None) -> dict[str, str] | None:
     """The environment to restart with, or None when a restart would change nothing.
 
@@ -55,9 +64,9 @@ def environment_with_hugepages(environ: dict[str, str], mode: str | None) -> dic
     """
     if environ.get(OPT_OUT_ENV, "") not in ("", "0") or mode != "madvise":
         return None
-    tunables = environ.get("GLIBC_TUNABLES", "")
-    if TUNABLE in tunables:
+    if _hugetlb_value(environ) is not None:
         return None
+    tunables = environ.get("GLIBC_TUNABLES", "")
     return {**environ, "GLIBC_TUNABLES": f"{tunables}:{SETTING}" if tunables else SETTING}
 
 
@@ -67,16 +76,21 @@ def describe(environ: dict[str, str] | None = None, mode: str | None = None) -> 
     mode = thp_mode() if mode is None else mode
     if mode == "always":
         return "malloc huge pages (THP always)"
-    if mode == "madvise" and SETTING in environ.get("GLIBC_TUNABLES", "").split(":"):
+    if mode == "madvise" and _hugetlb_value(environ) == "1":
         return f"malloc huge pages ({SETTING})"
     return f"malloc 4 KiB pages (THP {mode or 'unknown'})"
 
 
+def restart_environment(environ: dict[str, str]) -> dict[str, str] | None:
+    """``environment_with_hugepages`` for this machine: None off Linux or below glibc 2.35."""
+    if sys.platform != "linux" or not _glibc_supports_tunable():
+        return None
+    return environment_with_hugepages(environ, thp_mode())
+
+
 def restart_with_hugepages() -> None:
     """Re-execute this Python process with the tunable set, if that can help; else return."""
-    if sys.platform != "linux" or not _glibc_supports_tunable():
-        return
-    environ = environment_with_hugepages(dict(os.environ), thp_mode())
+    environ = restart_environment(dict(os.environ))
     if environ is None:
         return
     sys.stdout.flush()
