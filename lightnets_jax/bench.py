@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lightnets_jax import hugepages, models
+from lightnets_jax import cpu_memory, models
 from lightnets_jax.training import engine
 
 
@@ -26,10 +26,17 @@ from lightnets_jax.training import engine
 class Timing:
     median_s: float
     spread_s: float  # (max - min) / 2
+    samples_s: list[float]  # every timed step, in order
 
     @classmethod
     def of(cls, samples: list[float]) -> "Timing":
-        return cls(statistics.median(samples), (max(samples) - min(samples)) / 2)
+        return cls(statistics.median(samples), (max(samples) - min(samples)) / 2, list(samples))
+
+
+# Untimed train+eval rounds before timing. The first compiles; the next let the process's heap grow
+# to what a step needs: on a 2-core Xeon, MobileNetV1's JAX training steps after one round took
+# 0.93, 0.55, 0.35, 0.46, 0.34 s (docs/performance.md).
+WARMUP_STEPS = 3
 
 
 def example_shape(name: str, batch_size: int) -> tuple[int, ...]:
@@ -110,7 +117,11 @@ def pipeline_images_per_s(batch_size: int, batches: int = 20) -> float:
 
 
 def run(name: str, batch_size: int = 128, steps: int = 5, compare_torch: bool = False,
-        conv_impl: str = "fast") -> dict:
+        conv_impl: str = "fast", warmup: int = WARMUP_STEPS) -> dict:
+    """Median images/s over ``steps`` timed steps per phase, after ``warmup`` untimed rounds."""
+    if warmup < 1 or steps < 1:
+        raise ValueError(f"bench needs --warmup >= 1 (the first step compiles) and --steps >= 1, "
+                         f"got {warmup} and {steps}")
     rng = np.random.default_rng(0)
     x = rng.standard_normal(example_shape(name, batch_size)).astype(np.float32)
     num_classes = models.create(name).num_classes
@@ -122,11 +133,15 @@ def run(name: str, batch_size: int = 128, steps: int = 5, compare_torch: bool = 
                     "machine": machine_line()}
     if x.shape[1:] == (32, 32, 3):  # a CIFAR-10 model: can its input pipeline keep up with the step?
         result["pipeline_images_per_s"] = pipeline_images_per_s(batch_size)
-    for framework, (train_once, eval_once) in frameworks.items():
-        tic = time.perf_counter()
-        train_once()
-        eval_once()
-        result[f"{framework}_compile_and_warmup_s"] = time.perf_counter() - tic
+    result["warmup_rounds"] = warmup
+    for framework in frameworks:
+        result[f"{framework}_compile_and_warmup_s"] = 0.0
+    for _ in range(warmup):  # interleaved like the timed steps, so both heaps settle as they will run
+        for framework, (train_once, eval_once) in frameworks.items():
+            tic = time.perf_counter()
+            train_once()
+            eval_once()
+            result[f"{framework}_compile_and_warmup_s"] += time.perf_counter() - tic
     for phase, index in (("train", 0), ("eval", 1)):
         samples: dict[str, list[float]] = {f: [] for f in frameworks}
         for _ in range(steps):
@@ -155,8 +170,9 @@ def machine_line() -> str:
         torch_version = f", torch {torch.__version__} ({torch_device})"
     except ImportError:
         pass
+    dispatch = "async" if jax.config.read("jax_cpu_enable_async_dispatch") else "sync"
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} on "
-            f"{device.platform} ({device.device_kind}){torch_version}, {hugepages.describe()}")
+            f"{device.platform} ({device.device_kind}){torch_version}, {cpu_memory.describe()}, {dispatch} CPU dispatch")
 
 
 def format_row(result: dict) -> str:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from lightnets_jax import hugepages, models
+from lightnets_jax import cpu_memory, models
 
 HSI_MODELS = ("hybridsn", "hybridsn_bn")
 
@@ -98,7 +98,8 @@ def _bench(args) -> int:
     results = []
     for name in args.models:
         models.create(name)  # unknown names fail before any compile
-        result = bench.run(name, args.batch_size, args.steps, args.compare_torch, args.conv_impl)
+        result = bench.run(name, args.batch_size, args.steps, args.compare_torch, args.conv_impl,
+                           bench.WARMUP_STEPS if args.warmup is None else args.warmup)
         results.append(result)
         print(json.dumps(result) if args.json else bench.format_row(result), flush=True)
     if not args.json:
@@ -167,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("models", nargs="+", metavar="MODEL")
     bench.add_argument("--batch-size", type=int, default=128)
     bench.add_argument("--steps", type=int, default=5, help="timed steps per phase (median reported)")
+    bench.add_argument("--warmup", type=int, default=None,
+                       help="untimed train+eval rounds first (default 3; the first compiles; reported apart)")
     bench.add_argument("--compare-torch", action="store_true", help="time the note's PyTorch code, interleaved")
     bench.add_argument("--conv-impl", choices=["fast", "reference"], default="fast")
     bench.add_argument("--json", action="store_true")
@@ -176,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the command line, not a caller in this process: safe to restart the process
-        hugepages.restart_with_hugepages()
+        cpu_memory.restart_with_tunables()
+        cpu_memory.use_synchronous_dispatch_if_heap_kept()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

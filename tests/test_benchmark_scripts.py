@@ -46,3 +46,15 @@ def test_lightnets_bench_times_both_frameworks_and_the_input_pipeline():
     assert result["train_ratio_jax_over_torch"] == pytest.approx(
         result["jax_train_images_per_s"] / result["torch_train_images_per_s"])
     assert "input pipeline" in bench.format_row(result) and "ratio train" in bench.format_row(result)
+    assert result["warmup_rounds"] == bench.WARMUP_STEPS
+    for key in ("jax_train_step_s", "torch_eval_step_s"):
+        assert len(result[key]["samples_s"]) == 2
+        assert result[key]["median_s"] == pytest.approx(sorted(result[key]["samples_s"])[0] / 2
+                                                        + sorted(result[key]["samples_s"])[1] / 2)
+
+
+def test_bench_refuses_no_warmup():
+    from lightnets_jax import bench
+
+    with pytest.raises(ValueError, match="--warmup >= 1"):
+        bench.run("mobilenet_v1", batch_size=2, steps=1, warmup=0)
