@@ -36,7 +36,7 @@ class Timing:
 # Untimed train+eval rounds before timing. The first compiles; the next let the process's heap grow
 # to what a step needs: on a 2-core Xeon, MobileNetV1's JAX training steps after one round took
 # 0.93, 0.55, 0.35, 0.46, 0.34 s (docs/performance.md).
-WARMUP_STEPS = 3
+WARMUP_ROUNDS = 3
 
 
 def example_shape(name: str, batch_size: int) -> tuple[int, ...]:
@@ -117,7 +117,7 @@ def pipeline_images_per_s(batch_size: int, batches: int = 20) -> float:
 
 
 def run(name: str, batch_size: int = 128, steps: int = 5, compare_torch: bool = False,
-        conv_impl: str = "fast", warmup: int = WARMUP_STEPS) -> dict:
+        conv_impl: str = "fast", warmup: int = WARMUP_ROUNDS) -> dict:
     """Median images/s over ``steps`` timed steps per phase, after ``warmup`` untimed rounds."""
     if warmup < 1 or steps < 1:
         raise ValueError(f"bench needs --warmup >= 1 (the first step compiles) and --steps >= 1, "

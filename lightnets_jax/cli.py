@@ -99,7 +99,7 @@ def _bench(args) -> int:
     for name in args.models:
         models.create(name)  # unknown names fail before any compile
         result = bench.run(name, args.batch_size, args.steps, args.compare_torch, args.conv_impl,
-                           bench.WARMUP_STEPS if args.warmup is None else args.warmup)
+                           bench.WARMUP_ROUNDS if args.warmup is None else args.warmup)
         results.append(result)
         print(json.dumps(result) if args.json else bench.format_row(result), flush=True)
     if not args.json:

@@ -1,4 +1,4 @@
-"""Benchmark tools run end to end: the data/memory script on a tiny scene, `lightnets bench`."""
+"""Benchmark tools run end to end: the data/memory script on a tiny scene, the GEMM rates, `lightnets bench`."""
 
 import importlib.util
 import json
@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_hyperspectral_data.py"
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_hyperspectral_data", SCRIPT)
+def _load_script(name: str = "bench_hyperspectral_data"):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -46,7 +46,7 @@ def test_lightnets_bench_times_both_frameworks_and_the_input_pipeline():
     assert result["train_ratio_jax_over_torch"] == pytest.approx(
         result["jax_train_images_per_s"] / result["torch_train_images_per_s"])
     assert "input pipeline" in bench.format_row(result) and "ratio train" in bench.format_row(result)
-    assert result["warmup_rounds"] == bench.WARMUP_STEPS
+    assert result["warmup_rounds"] == bench.WARMUP_ROUNDS
     for key in ("jax_train_step_s", "torch_eval_step_s"):
         assert len(result[key]["samples_s"]) == 2
         assert result[key]["median_s"] == pytest.approx(sorted(result[key]["samples_s"])[0] / 2
@@ -58,3 +58,15 @@ def test_bench_refuses_no_warmup():
 
     with pytest.raises(ValueError, match="--warmup >= 1"):
         bench.run("mobilenet_v1", batch_size=2, steps=1, warmup=0)
+
+
+def test_gemm_script_measures_every_shape_and_prints_the_hybridsn_bound(capsys):
+    module = _load_script("bench_gemm")
+    rows = module.gemm_rates(shapes=(("tiny", 64, 32, 16), ("wide", 8, 64, 128)), repeats=1, with_torch=False)
+    assert [(r["shape"], r["m"], r["k"], r["n"]) for r in rows] == [("tiny", 64, 32, 16), ("wide", 8, 64, 128)]
+    assert all(r["jax_gflops"] > 0 and "torch_gflops" not in r for r in rows)
+    assert module.main(["--repeats", "1", "--scale", "0.0005"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("GFLOP/s") == len(module.SHAPES) + 1 and "HybridSN inference at batch 128 needs >=" in out
+    with pytest.raises(SystemExit):
+        module.main(["--repeats", "0"])
