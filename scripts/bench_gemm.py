@@ -4,7 +4,7 @@
 HybridSN's fast convolutions (``layers.conv_gemm``) are GEMMs over unfolded patches, so the dot
 rate bounds the whole model: HybridSN is 247.7 M multiply-adds per 25x25x30 patch, and an
 inference step at batch 128 cannot take less than ``2 * 128 * 247.7e6 / rate`` seconds. This
-prints GFLOP/s per shape (M x K x N, rows = a batch of 128's output positions), JAX against
+prints GFLOP/s per shape (M x K x N: rows of one chunk of samples, or of a batch of 128), JAX against
 PyTorch's ``matmul`` when torch is installed, and that bound (docs/performance.md, sixth round).
 
 Usage: python scripts/bench_gemm.py [--repeats 5] [--scale 1.0]
@@ -20,12 +20,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# (label, M, K, N) of HybridSN's largest GEMMs at batch 128 (unfold H,W / W; depth taps as outputs).
+from lightnets_jax.models.layers import UNFOLD_CHUNK
+
+# (label, M, K, N) of HybridSN's GEMMs as the fast path runs them: UNFOLD_CHUNK samples at a time
+# (unfold H,W or W; depth or row taps as extra outputs), and whole-batch references.
 SHAPES = (
     ("square 2048", 2048, 2048, 2048),
-    ("conv2 unfold", 128 * 24 * 21 * 21, 72, 80),
-    ("conv3 unfold", 128 * 20 * 19 * 19, 144, 96),
-    ("conv4 unfold", 128 * 19 * 17, 1728, 192),
+    ("conv2 chunk", UNFOLD_CHUNK * 24 * 21 * 21, 72, 80),
+    ("conv3 chunk", UNFOLD_CHUNK * 20 * 19 * 19, 144, 96),
+    ("conv4 chunk", UNFOLD_CHUNK * 19 * 17, 1728, 192),
+    ("conv3 batch", 128 * 20 * 19 * 19, 144, 96),
     ("conv4 im2col", 128 * 17 * 17, 5184, 64),
 )
 HYBRIDSN_MACS_PER_PATCH = 247.7e6
