@@ -2,10 +2,11 @@
 """How fast XLA's f32 matrix products run on this machine, at the shapes HybridSN's convs need.
 
 HybridSN's fast convolutions (``layers.conv_gemm``) are GEMMs over unfolded patches, so the dot
-rate bounds the whole model: HybridSN is 247.7 M multiply-adds per 25x25x30 patch, and an
-inference step at batch 128 cannot take less than ``2 * 128 * 247.7e6 / rate`` seconds. This
-prints GFLOP/s per shape (M x K x N: rows of one chunk of samples, or of a batch of 128), JAX against
-PyTorch's ``matmul`` when torch is installed, and that bound (docs/performance.md, sixth round).
+rate bounds the whole model: HybridSN is 247.7 M multiply-adds per 25x25x30 patch
+(``lightnets summary``), and an inference step at batch 128 cannot take less than
+``2 * 128 * MACs / rate`` seconds. This prints GFLOP/s per shape (M x K x N: rows of one
+chunk of samples, or of a batch of 128), JAX against PyTorch's ``matmul`` when torch is
+installed, and that bound (docs/performance.md, sixth round).
 
 Usage: python scripts/bench_gemm.py [--repeats 5] [--scale 1.0]
 """
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lightnets_jax import summary
 from lightnets_jax.models.layers import UNFOLD_CHUNK
 
 # (label, M, K, N) of HybridSN's GEMMs as the fast path runs them: UNFOLD_CHUNK samples at a time
@@ -32,7 +34,6 @@ SHAPES = (
     ("conv3 batch", 128 * 20 * 19 * 19, 144, 96),
     ("conv4 im2col", 128 * 17 * 17, 5184, 64),
 )
-HYBRIDSN_MACS_PER_PATCH = 247.7e6
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         torch_part = f"  torch {row['torch_gflops']:7.1f}" if "torch_gflops" in row else ""
         print(f"{row['shape']:<13} {row['m']:>6} x {row['k']:>5} x {row['n']:>5}: jax {row['jax_gflops']:7.1f} GFLOP/s{torch_part}")
     best = max(row["jax_gflops"] for row in rows)
-    bound = 2 * 128 * HYBRIDSN_MACS_PER_PATCH / (best * 1e9)
+    macs_per_patch = summary.summarize("hybridsn").macs  # 247.7 M for a 25x25x30 patch
+    bound = 2 * 128 * macs_per_patch / (best * 1e9)
     print(f"HybridSN inference at batch 128 needs >= {bound:.3f} s at JAX's best rate here ({best:.0f} GFLOP/s)")
     return 0
 
