@@ -292,8 +292,8 @@ def conv_gemm(x: Array, kernel: Array, strides: int, padding: int, train: bool =
       (``_unfold_shift_add``);
     * strided, or 2D with few channels (an RGB stem): full im2col (``_im2col``), in chunks only
       at inference, as measured fastest for the MobileNet stems;
-    * at inference, stride 1 with enough channels, when XLA runs convolutions through Eigen
-      (``cpu_convolutions``): XLA's own 2D convolution (``_depth_taps_as_outputs`` for 3D).
+    * at inference in float32, stride 1 with enough channels, when XLA runs convolutions through
+      Eigen (``cpu_convolutions``): XLA's own 2D convolution (``_depth_taps_as_outputs`` for 3D).
     """
     spatial = x.ndim - 2
     taps = kernel.shape[:spatial]
@@ -313,8 +313,9 @@ def conv_gemm(x: Array, kernel: Array, strides: int, padding: int, train: bool =
     # Unfolding all but the first axis gives a contraction of taps[1:]·C; below MIN_CONTRACTION the
     # GEMMs are too thin to run well (HybridSN's conv1: 3·3·1 = 9).
     thin = math.prod(taps[1:]) * cin < MIN_CONTRACTION
-    if not train and not thin and cpu_convolutions.eigen_convolutions():
-        # Whole batch at once: chunks of 8 or 32 were 5-30 % slower (docs/performance.md, seventh round).
+    if not train and not thin and x.dtype == jnp.float32 and cpu_convolutions.eigen_convolutions():
+        # Whole batch at once: chunks of 8 or 32 were 5-30 % slower (docs/performance.md, seventh
+        # round). float32 only: that is what was measured (and what the probe compiles).
         return _depth_taps_as_outputs(x, kernel) if spatial == 3 else _conv(x, kernel, 1, 0, groups=1)
     if spatial == 3 and thin:
         return _chunked(partial(_depth_toeplitz, kernel=kernel, out_sizes=out_sizes), x, out_sizes, cout, chunk)
