@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lightnets_jax import cpu_convolutions
+from lightnets_jax import cpu_convolutions, onednn
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -86,7 +86,7 @@ class Conv(nn.Module):
         x, kernel = x.astype(dtype), kernel.astype(dtype)
         _check_choice("conv impl", self.impl, CONV_IMPLS)
         if self.impl == "fast":
-            y = conv_gemm(x, kernel, self.strides, self.padding, train)
+            y = conv_fast(x, kernel, self.strides, self.padding, train)
         else:
             y = _conv(x, kernel, self.strides, self.padding, groups=1)
         if self.use_bias:
@@ -276,6 +276,43 @@ UNFOLD_CHUNK = 2
 MIN_CONTRACTION = 64
 # Output depths per block of the depth-Toeplitz 3D conv (few input channels, e.g. HybridSN's conv1).
 DEPTH_BLOCK = 8
+
+
+def conv_fast(x: Array, kernel: Array, strides: int, padding: int, train: bool = False) -> Array:
+    """The fast convolution: oneDNN's where XLA's CPU runtime has it (``onednn``), else GEMMs.
+
+    oneDNN takes stride-1 float32 convolutions with more than one tap (every HybridSN conv),
+    forward and input gradient; its kernel gradient comes from the GEMM formulation
+    (``_onednn_conv``). Strided convolutions, 1x1 convolutions (one GEMM already), other dtypes
+    and other backends use ``conv_gemm``.
+    """
+    spatial = x.ndim - 2
+    if (strides == 1 and math.prod(kernel.shape[:spatial]) > 1 and x.dtype == jnp.float32
+            and kernel.dtype == jnp.float32 and onednn.available()):
+        return _onednn_conv(x, kernel, padding)
+    return conv_gemm(x, kernel, strides, padding, train)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _onednn_conv(x: Array, kernel: Array, padding: int) -> Array:
+    return onednn.convolution(x, kernel, (padding,) * (x.ndim - 2))
+
+
+def _onednn_conv_fwd(x, kernel, padding):
+    return _onednn_conv(x, kernel, padding), (x, kernel)
+
+
+def _onednn_conv_bwd(padding, residuals, grad):
+    # Input gradient: another oneDNN convolution (XLA drops it when nobody needs it, e.g. for the
+    # network's input). Kernel gradient: oneDNN's forward primitive computes it 3x slower than the
+    # GEMM formulation (docs/performance.md, eighth round), so autodiff of ``conv_gemm`` gives it.
+    x, kernel = residuals
+    grad_x = onednn.input_gradient(grad, kernel, (padding,) * (x.ndim - 2))
+    _, kernel_vjp = jax.vjp(lambda k: conv_gemm(x, k, 1, padding, train=True), kernel)
+    return grad_x, kernel_vjp(grad)[0]
+
+
+_onednn_conv.defvjp(_onednn_conv_fwd, _onednn_conv_bwd)
 
 
 def conv_gemm(x: Array, kernel: Array, strides: int, padding: int, train: bool = False) -> Array:

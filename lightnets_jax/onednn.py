@@ -1,0 +1,93 @@
+"""oneDNN's direct convolutions, called from JAX through the custom call XLA's CPU runtime already has.
+
+jaxlib's CPU backend is built with oneDNN (the library PyTorch's CPU convolutions use) and runs
+a custom call named ``__onednn$convolution`` with it: a forward convolution on channels-last
+buffers, configured by a ``BackendConfig`` proto given as JSON. XLA's own passes no longer emit
+that call (no ``--xla_cpu_use_onednn`` setting routes convolutions there in jaxlib 0.10), so
+``convolution`` emits it itself with ``jax.ffi.ffi_call``. At HybridSN's shapes it runs as fast as
+PyTorch's convolutions, 2-2.5x faster than the GEMM formulations in ``models/layers.py``
+(docs/performance.md, eighth round).
+
+Only a forward (inference) primitive is exposed; the layers get the input gradient from it as a
+convolution of the output gradient with the flipped kernel, and the kernel gradient from their
+GEMM formulations. ``available()`` compiles and runs a tiny convolution to find out whether this
+jaxlib, on this backend, has the custom call (False off CPU, on builds without oneDNN, and when
+``LIGHTNETS_NO_ONEDNN=1`` is set).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+TARGET = "__onednn$convolution"
+DISABLE_ENV = "LIGHTNETS_NO_ONEDNN"
+
+
+def _config(rank: int, taps: Sequence[int], padding: Sequence[int]) -> str:
+    """The ``BackendConfig`` JSON of a stride-1 convolution over channels-last (N, *spatial, C)
+    input and output and a (*taps, C_in, C_out) kernel. Axis numbers are 0-based, dilations 1-based
+    (the encoding of jaxlib 0.10's ``onednn_convolution.cc``)."""
+    spatial = rank - 2
+    data = {"batch_dim": 0, "feature_dim": rank - 1, "spatial_dims": list(range(1, spatial + 1))}
+    return json.dumps({"onednn_conv_config": {
+        "dims": rank,
+        "input": {"dims": rank, "data": data},
+        "kernel": {"dims": rank, "filter": {"input_feature_dim": rank - 2, "output_feature_dim": rank - 1,
+                                            "spatial_dims": list(range(spatial))}},
+        "output": {"dims": rank, "data": data},
+        "window": {"size": list(taps), "pad_left": list(padding), "pad_right": list(padding),
+                   "strides": [1] * spatial, "window_dilations": [1] * spatial},
+        "feature_groups": 1,
+    }})
+
+
+def convolution(x: jax.Array, kernel: jax.Array, padding: Sequence[int]) -> jax.Array:
+    """Stride-1 convolution of channels-last ``x`` (N, *spatial, C_in) with a (*taps, C_in, C_out)
+    kernel, zero-padded by ``padding[i]`` on both sides of spatial axis i; 1-3 spatial axes."""
+    spatial = x.ndim - 2
+    taps = kernel.shape[:spatial]
+    out_sizes = tuple(x.shape[1 + i] + 2 * padding[i] - taps[i] + 1 for i in range(spatial))
+    out = jax.ShapeDtypeStruct((x.shape[0], *out_sizes, kernel.shape[-1]), x.dtype)
+    call = jax.ffi.ffi_call(TARGET, out, custom_call_api_version=1, vmap_method="sequential",
+                            legacy_backend_config=_config(x.ndim, taps, padding))
+    return call(x, kernel)
+
+
+def input_gradient(grad: jax.Array, kernel: jax.Array, padding: Sequence[int]) -> jax.Array:
+    """The gradient of ``convolution(x, kernel, padding)`` with respect to ``x``: the output
+    gradient convolved with the spatially flipped, in/out-swapped kernel (stride 1)."""
+    spatial = grad.ndim - 2
+    flipped = jnp.flip(kernel, axis=tuple(range(spatial))).swapaxes(-1, -2)
+    return convolution(grad, flipped, [t - 1 - p for t, p in zip(kernel.shape[:spatial], padding)])
+
+
+@functools.cache
+def available() -> bool:
+    """Whether the default backend runs ``convolution`` (compiled and checked once per process)."""
+    if os.environ.get(DISABLE_ENV, "") not in ("", "0") or jax.default_backend() != "cpu":
+        return False
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 6, 3)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 3, 4)).astype(np.float32)
+    # Compiled ahead and fed NumPy arrays, so that a first call from inside a trace runs for real.
+    try:
+        compiled = jax.jit(lambda x, k: convolution(x, k, (1, 1))).lower(x, kernel).compile()
+        y = np.asarray(compiled(x, kernel))
+    except Exception:  # noqa: BLE001 - XLA raises several kinds (unimplemented, not built with oneDNN)
+        return False
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    expected = sum(np.einsum("nhwc,co->nhwo", padded[:, i:i + 5, j:j + 6], kernel[i, j])
+                   for i in range(3) for j in range(3))
+    return bool(np.allclose(y, expected, rtol=1e-4, atol=1e-4))
+
+
+def describe() -> str:
+    """For benchmark records: which convolutions the fast layers use here."""
+    return "oneDNN convs" if available() else "GEMM convs"
