@@ -30,9 +30,9 @@ TARGET = "__onednn$convolution"
 DISABLE_ENV = "LIGHTNETS_NO_ONEDNN"
 
 
-def _config(rank: int, taps: Sequence[int], padding: Sequence[int]) -> str:
-    """The ``BackendConfig`` JSON of a stride-1 convolution over channels-last (N, *spatial, C)
-    input and output and a (*taps, C_in, C_out) kernel. Axis numbers are 0-based, dilations 1-based
+def _config(rank: int, taps: Sequence[int], padding: Sequence[int], strides: int, groups: int) -> str:
+    """The ``BackendConfig`` JSON of a convolution over channels-last (N, *spatial, C) input and
+    output and a (*taps, C_in / groups, C_out) kernel. Axis numbers are 0-based, dilations 1-based
     (the encoding of jaxlib 0.10's ``onednn_convolution.cc``)."""
     spatial = rank - 2
     data = {"batch_dim": 0, "feature_dim": rank - 1, "spatial_dims": list(range(1, spatial + 1))}
@@ -43,29 +43,34 @@ def _config(rank: int, taps: Sequence[int], padding: Sequence[int]) -> str:
                                             "spatial_dims": list(range(spatial))}},
         "output": {"dims": rank, "data": data},
         "window": {"size": list(taps), "pad_left": list(padding), "pad_right": list(padding),
-                   "strides": [1] * spatial, "window_dilations": [1] * spatial},
-        "feature_groups": 1,
+                   "strides": [strides] * spatial, "window_dilations": [1] * spatial},
+        "feature_groups": groups,
     }})
 
 
-def convolution(x: jax.Array, kernel: jax.Array, padding: Sequence[int]) -> jax.Array:
-    """Stride-1 convolution of channels-last ``x`` (N, *spatial, C_in) with a (*taps, C_in, C_out)
-    kernel, zero-padded by ``padding[i]`` on both sides of spatial axis i; 1-3 spatial axes."""
+def convolution(x: jax.Array, kernel: jax.Array, padding: Sequence[int], strides: int = 1,
+                groups: int = 1) -> jax.Array:
+    """Convolution of channels-last ``x`` (N, *spatial, C_in) with a (*taps, C_in / groups, C_out)
+    kernel, zero-padded by ``padding[i]`` on both sides of spatial axis i; 1-3 spatial axes.
+    ``groups == C_in == C_out`` is a depthwise convolution."""
     spatial = x.ndim - 2
     taps = kernel.shape[:spatial]
-    out_sizes = tuple(x.shape[1 + i] + 2 * padding[i] - taps[i] + 1 for i in range(spatial))
+    out_sizes = tuple((x.shape[1 + i] + 2 * padding[i] - taps[i]) // strides + 1 for i in range(spatial))
     out = jax.ShapeDtypeStruct((x.shape[0], *out_sizes, kernel.shape[-1]), x.dtype)
     call = jax.ffi.ffi_call(TARGET, out, custom_call_api_version=1, vmap_method="sequential",
-                            legacy_backend_config=_config(x.ndim, taps, padding))
+                            legacy_backend_config=_config(x.ndim, taps, padding, strides, groups))
     return call(x, kernel)
 
 
-def input_gradient(grad: jax.Array, kernel: jax.Array, padding: Sequence[int]) -> jax.Array:
-    """The gradient of ``convolution(x, kernel, padding)`` with respect to ``x``: the output
-    gradient convolved with the spatially flipped, in/out-swapped kernel (stride 1)."""
+def input_gradient(grad: jax.Array, kernel: jax.Array, padding: Sequence[int], groups: int = 1) -> jax.Array:
+    """The gradient of ``convolution(x, kernel, padding, 1, groups)`` with respect to ``x`` (plain
+    or depthwise): the output gradient convolved with the spatially flipped kernel, its in and out
+    channels swapped (a depthwise kernel keeps its shape)."""
     spatial = grad.ndim - 2
-    flipped = jnp.flip(kernel, axis=tuple(range(spatial))).swapaxes(-1, -2)
-    return convolution(grad, flipped, [t - 1 - p for t, p in zip(kernel.shape[:spatial], padding)])
+    flipped = jnp.flip(kernel, axis=tuple(range(spatial)))
+    if groups == 1:
+        flipped = flipped.swapaxes(-1, -2)
+    return convolution(grad, flipped, [t - 1 - p for t, p in zip(kernel.shape[:spatial], padding)], 1, groups)
 
 
 @functools.cache

@@ -117,7 +117,7 @@ class DepthwiseConv(nn.Module):
         dtype = self.dtype or x.dtype
         x, kernel = x.astype(dtype), kernel.astype(dtype)
         if self.impl == "fast":
-            return depthwise_conv_shifted(x, kernel, self.strides, self.padding)
+            return depthwise_conv_fast(x, kernel, self.strides, self.padding)
         return _conv(x, kernel, self.strides, self.padding, groups=channels)
 
 
@@ -189,6 +189,37 @@ def _conv(x: Array, kernel: Array, strides: int, padding: int, groups: int) -> A
 # Bytes of input per chunk of the depthwise kernel gradient: a chunk that stays in this CPU's
 # L2 cache (512 KiB-1 MiB per core) reduces 3-5x faster than the whole batch (docs/performance.md).
 DEPTHWISE_GRAD_CHUNK_BYTES = 1 << 20
+
+
+def depthwise_conv_fast(x: Array, kernel: Array, strides: int, padding: int) -> Array:
+    """oneDNN's depthwise convolution where XLA's CPU runtime has it (float32), else the shifted
+    multiply-adds (``depthwise_conv_shifted``); both take the kernel gradient from
+    ``_depthwise_kernel_grad``."""
+    if x.dtype == jnp.float32 and kernel.dtype == jnp.float32 and onednn.available():
+        return _depthwise_onednn(x, kernel, strides, padding)
+    return depthwise_conv_shifted(x, kernel, strides, padding)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise_onednn(x: Array, kernel: Array, strides: int, padding: int) -> Array:
+    return onednn.convolution(x, kernel, (padding, padding), strides, groups=x.shape[-1])
+
+
+def _depthwise_onednn_fwd(x, kernel, strides, padding):
+    return _depthwise_onednn(x, kernel, strides, padding), (x, kernel)
+
+
+def _depthwise_onednn_bwd(strides, padding, residuals, grad):
+    x, kernel = residuals
+    if strides == 1:
+        grad_x = onednn.input_gradient(grad, kernel, (padding, padding), groups=x.shape[-1])
+    else:  # a strided transpose would need a dilated input, which the custom call does not take
+        _, input_vjp = jax.vjp(lambda x_: _depthwise_shifted(x_, kernel, strides, padding), x)
+        (grad_x,) = input_vjp(grad)
+    return grad_x, _depthwise_kernel_grad(x, grad, kernel.shape, strides, padding)
+
+
+_depthwise_onednn.defvjp(_depthwise_onednn_fwd, _depthwise_onednn_bwd)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
