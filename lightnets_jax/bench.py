@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lightnets_jax import cpu_convolutions, cpu_memory, models
+from lightnets_jax import cpu_memory, models, onednn
 from lightnets_jax.training import engine
 
 
@@ -173,7 +173,7 @@ def machine_line() -> str:
     dispatch = "async" if jax.config.read("jax_cpu_enable_async_dispatch") else "sync"
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} on "
             f"{device.platform} ({device.device_kind}){torch_version}, {cpu_memory.describe()}, {dispatch} CPU dispatch, "
-            f"{cpu_convolutions.describe()}")
+            f"{onednn.describe()}")
 
 
 def format_row(result: dict) -> str:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from lightnets_jax import cpu_convolutions, cpu_memory, models
+from lightnets_jax import cpu_memory, models
 
 HSI_MODELS = ("hybridsn", "hybridsn_bn")
 
@@ -181,7 +181,6 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the command line, not a caller in this process: safe to restart the process
         cpu_memory.restart_with_tunables()
         cpu_memory.use_synchronous_dispatch_if_heap_kept()
-        cpu_convolutions.prefer_eigen_convolutions()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -1,11 +1,13 @@
-"""The fast conv formulations (``layers.conv_gemm``, ``layers.depthwise_conv_shifted``) against XLA's
-convolutions, values and gradients."""
+"""The fast convolutions (``layers.conv_gemm``, ``layers.depthwise_conv_shifted`` and their oneDNN
+paths ``layers.conv_fast``, ``layers.depthwise_conv_fast``) against XLA's convolutions, values
+and gradients."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lightnets_jax import onednn
 from lightnets_jax.models import layers
 
 # (input shape, kernel shape, stride, padding): one case per formulation, with ragged depth blocks
@@ -51,6 +53,33 @@ def test_depthwise_conv_shifted_matches_grouped_convolution_and_its_gradients(ca
     k = jnp.asarray(rng.standard_normal((3, 3, 1, channels), np.float32))
     fast = lambda x, k: layers.depthwise_conv_shifted(x, k, stride, 1)  # noqa: E731
     reference = lambda x, k: layers._conv(x, k, stride, 1, groups=channels)  # noqa: E731
+    _assert_same_values_and_gradients(fast, reference, x, k)
+
+
+needs_onednn = pytest.mark.skipif(not onednn.available(), reason="XLA's CPU runtime here has no oneDNN")
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_conv_fast_matches_xla_convolution_and_its_gradients(case):
+    # Stride-1 multi-tap cases run oneDNN (forward, input gradient) with the GEMM kernel gradient.
+    x_shape, k_shape, stride, padding = CASES[case]
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(x_shape, np.float32))
+    k = jnp.asarray(rng.standard_normal(k_shape, np.float32))
+    fast = lambda x, k: layers.conv_fast(x, k, stride, padding, train=True)  # noqa: E731
+    reference = lambda x, k: layers._conv(x, k, stride, padding, groups=1)  # noqa: E731
+    _assert_same_values_and_gradients(fast, reference, x, k)
+
+
+@needs_onednn
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_conv_fast_matches_grouped_convolution_and_its_gradients(stride):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((4, 9, 8, 6), np.float32))
+    k = jnp.asarray(rng.standard_normal((3, 3, 1, 6), np.float32))
+    fast = lambda x, k: layers.depthwise_conv_fast(x, k, stride, 1)  # noqa: E731
+    reference = lambda x, k: layers._conv(x, k, stride, 1, groups=6)  # noqa: E731
     _assert_same_values_and_gradients(fast, reference, x, k)
 
 

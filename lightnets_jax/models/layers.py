@@ -8,9 +8,10 @@ Every layer here keeps PyTorch's conventions where they change numbers:
 * BatchNorm with PyTorch's momentum (0.1) and epsilon (1e-5), normalizing by the biased batch
   variance but tracking the *unbiased* one in ``batch_stats`` as ``torch.nn.BatchNorm*d`` does.
 
-Depthwise and 3D convolutions have two implementations with the same parameters and the same
-numbers: ``"reference"`` (XLA's grouped / 3D convolution) and ``"fast"`` (formulations that XLA
-compiles to much faster code on CPU; see docs/performance.md for the measurements).
+Convolutions have two implementations with the same parameters and the same numbers:
+``"reference"`` (XLA's convolutions) and ``"fast"``: oneDNN's convolutions through the custom
+call XLA's CPU runtime has (``lightnets_jax.onednn``), else formulations that XLA compiles to much
+faster code than its own convolutions on CPU (docs/performance.md has the measurements).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lightnets_jax import cpu_convolutions, onednn
+from lightnets_jax import onednn
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -359,9 +360,10 @@ def conv_gemm(x: Array, kernel: Array, strides: int, padding: int, train: bool =
     * stride 1, enough channels: unfold the trailing spatial axes, shift-and-add over the first
       (``_unfold_shift_add``);
     * strided, or 2D with few channels (an RGB stem): full im2col (``_im2col``), in chunks only
-      at inference, as measured fastest for the MobileNet stems;
-    * at inference in float32, stride 1 with enough channels, when XLA runs convolutions through
-      Eigen (``cpu_convolutions``): XLA's own 2D convolution (``_depth_taps_as_outputs`` for 3D).
+      at inference, as measured fastest for the MobileNet stems.
+
+    ``conv_fast`` prefers oneDNN's convolutions where XLA's runtime has them; these formulations
+    are its fallback, and its oneDNN path's kernel gradient.
     """
     spatial = x.ndim - 2
     taps = kernel.shape[:spatial]
@@ -381,10 +383,6 @@ def conv_gemm(x: Array, kernel: Array, strides: int, padding: int, train: bool =
     # Unfolding all but the first axis gives a contraction of taps[1:]·C; below MIN_CONTRACTION the
     # GEMMs are too thin to run well (HybridSN's conv1: 3·3·1 = 9).
     thin = math.prod(taps[1:]) * cin < MIN_CONTRACTION
-    if not train and not thin and x.dtype == jnp.float32 and cpu_convolutions.eigen_convolutions():
-        # Whole batch at once: chunks of 8 or 32 were 5-30 % slower (docs/performance.md, seventh
-        # round). float32 only: that is what was measured (and what the probe compiles).
-        return _depth_taps_as_outputs(x, kernel) if spatial == 3 else _conv(x, kernel, 1, 0, groups=1)
     if spatial == 3 and thin:
         return _chunked(partial(_depth_toeplitz, kernel=kernel, out_sizes=out_sizes), x, out_sizes, cout, chunk)
     if not thin:
@@ -475,16 +473,6 @@ def _shift_add_bwd(out_size, taps, _, grad):
 
 
 _shift_add.defvjp(_shift_add_fwd, _shift_add_bwd)
-
-
-def _depth_taps_as_outputs(x: Array, kernel: Array) -> Array:
-    """A stride-1 3D conv as one 2D conv over (N·D, H, W) whose outputs are every depth tap's, then
-    the depth shift-add (``_shift_add``). XLA has no fast 3D convolution on CPU; its Eigen 2D one is."""
-    n, depth, h, w, cin = x.shape
-    kd, kh, kw, _, cout = kernel.shape
-    taps_as_outputs = jnp.moveaxis(kernel, 0, -2).reshape(kh, kw, cin, kd * cout)
-    z = _conv(x.reshape(n * depth, h, w, cin), taps_as_outputs, 1, 0, groups=1)
-    return _shift_add(z.reshape(n, depth, h - kh + 1, w - kw + 1, kd, cout), depth - kd + 1, kd)
 
 
 def _depth_toeplitz(chunk: Array, kernel: Array, out_sizes: tuple[int, ...]) -> Array:

@@ -1,0 +1,82 @@
+"""oneDNN's convolutions through XLA's custom call: the probe, the config, and what the models compile to."""
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from lightnets_jax import models, onednn
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_onednn = pytest.mark.skipif(not onednn.available(), reason="XLA's CPU runtime here has no oneDNN")
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu" or platform.machine() != "x86_64",
+                    reason="jaxlib's x86-64 CPU builds are the ones with oneDNN")
+def test_available_on_x86_cpu():
+    assert onednn.available()
+    assert onednn.describe() == "oneDNN convs"
+
+
+def test_disabled_by_environment_variable():
+    code = "from lightnets_jax import onednn; print(onednn.available(), onednn.describe())"
+    env = {**os.environ, onednn.DISABLE_ENV: "1", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    assert out == ["False", "GEMM", "convs"]
+
+
+# (input shape, kernel shape, padding, stride, groups): 1D, 2D padded, 3D with unequal taps,
+# strided, depthwise.
+CONVOLUTIONS = {
+    "1d": ((2, 11, 3), (3, 3, 4), 1, 1, 1),
+    "2d_padded": ((2, 7, 6, 5), (3, 3, 5, 4), 1, 1, 1),
+    "3d": ((2, 9, 7, 6, 3), (5, 3, 2, 3, 4), 0, 1, 1),
+    "2d_strided": ((2, 9, 9, 3), (3, 3, 3, 4), 1, 2, 1),
+    "depthwise": ((2, 8, 8, 6), (3, 3, 1, 6), 1, 1, 6),
+}
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", sorted(CONVOLUTIONS))
+def test_convolution_matches_xla(case):
+    x_shape, k_shape, padding, stride, groups = CONVOLUTIONS[case]
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(x_shape, np.float32))
+    k = jnp.asarray(rng.standard_normal(k_shape, np.float32))
+    spatial = x.ndim - 2
+    got = jax.jit(lambda x, k: onednn.convolution(x, k, (padding,) * spatial, stride, groups))(x, k)
+    letters = "DHW"[-spatial:]
+    want = lax.conv_general_dilated(x, k, (stride,) * spatial, [(padding, padding)] * spatial,
+                                    dimension_numbers=(f"N{letters}C", f"{letters}IO", f"N{letters}C"),
+                                    feature_group_count=groups, precision=lax.Precision.HIGHEST)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@needs_onednn
+@pytest.mark.parametrize("train", [False, True])
+def test_hybridsn_compiles_its_convolutions_to_onednn(train):
+    # Forward: all four convs; training adds the input gradients of conv2-conv4 (the network's
+    # input needs none, and XLA drops that one). XLA's own convolutions appear nowhere.
+    model = models.create("hybridsn")
+    x = jnp.zeros((2, 25, 25, 30), jnp.float32)
+    variables = model.init(jax.random.key(0), x, train=False)
+    if train:
+        def step(variables, x):
+            loss = lambda p: jnp.sum(model.apply({**variables, "params": p}, x, train=True,  # noqa: E731
+                                                 rngs={"dropout": jax.random.key(1)}))
+            return jax.grad(loss)(variables["params"])
+    else:
+        def step(variables, x):
+            return model.apply(variables, x, train=False)
+    text = jax.jit(step).lower(variables, x).compile().as_text()
+    assert text.count('custom_call_target="__onednn$convolution"') == (7 if train else 4)
+    assert " convolution(" not in text
