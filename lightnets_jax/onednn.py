@@ -74,14 +74,16 @@ def input_gradient(grad: jax.Array, kernel: jax.Array, padding: Sequence[int], g
     return convolution(grad, flipped, [t - 1 - p for t, p in zip(kernel.shape[:spatial], padding)], 1, groups)
 
 
-def matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False) -> jax.Array:
-    """``a @ b`` (``a.T @ b`` with ``transpose_a``) for 2D float32 arrays, by oneDNN's matmul.
+def matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: bool = False) -> jax.Array:
+    """``a @ b`` for 2D float32 arrays, by oneDNN's matmul; ``transpose_a`` / ``transpose_b`` take
+    ``a.T`` / ``b.T`` instead (no copy).
 
-    For the convolutions' kernel gradients (long contraction, small output) it runs 25 % faster
-    than XLA's dot here (docs/performance.md, eighth round)."""
+    At the shapes of the convolutions' kernel gradients (long contraction, small output) it runs
+    25 % faster than XLA's dot here (docs/performance.md, eighth round)."""
     rows = a.shape[1] if transpose_a else a.shape[0]
-    out = jax.ShapeDtypeStruct((rows, b.shape[1]), a.dtype)
-    config = json.dumps({"onednn_matmul_config": {"transpose_a": transpose_a, "transpose_b": False}})
+    cols = b.shape[0] if transpose_b else b.shape[1]
+    out = jax.ShapeDtypeStruct((rows, cols), a.dtype)
+    config = json.dumps({"onednn_matmul_config": {"transpose_a": transpose_a, "transpose_b": transpose_b}})
     return jax.ffi.ffi_call(MATMUL_TARGET, out, custom_call_api_version=1, vmap_method="sequential",
                             legacy_backend_config=config)(a, b)
 

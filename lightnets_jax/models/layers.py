@@ -319,10 +319,33 @@ def conv_fast(x: Array, kernel: Array, strides: int, padding: int, train: bool =
     and other backends use ``conv_gemm``.
     """
     spatial = x.ndim - 2
-    if (strides == 1 and math.prod(kernel.shape[:spatial]) > 1 and x.dtype == jnp.float32
-            and kernel.dtype == jnp.float32 and onednn.available()):
-        return _onednn_conv(x, kernel, padding)
+    if strides == 1 and x.dtype == jnp.float32 and kernel.dtype == jnp.float32 and onednn.available():
+        if math.prod(kernel.shape[:spatial]) > 1:
+            return _onednn_conv(x, kernel, padding)
+        if not padding:
+            return _onednn_pointwise(x, kernel)
     return conv_gemm(x, kernel, strides, padding, train)
+
+
+@jax.custom_vjp
+def _onednn_pointwise(x: Array, kernel: Array) -> Array:
+    """A 1x1 convolution as oneDNN matmuls, forward and both gradients."""
+    rows = x.reshape(-1, x.shape[-1])
+    return onednn.matmul(rows, kernel.reshape(kernel.shape[-2:])).reshape(*x.shape[:-1], kernel.shape[-1])
+
+
+def _onednn_pointwise_fwd(x, kernel):
+    return _onednn_pointwise(x, kernel), (x, kernel)
+
+
+def _onednn_pointwise_bwd(residuals, grad):
+    x, kernel = residuals
+    rows, grad_rows, matrix = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1]), kernel.reshape(kernel.shape[-2:])
+    grad_x = onednn.matmul(grad_rows, matrix, transpose_b=True).reshape(x.shape)
+    return grad_x, onednn.matmul(rows, grad_rows, transpose_a=True).reshape(kernel.shape)
+
+
+_onednn_pointwise.defvjp(_onednn_pointwise_fwd, _onednn_pointwise_bwd)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
