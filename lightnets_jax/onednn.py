@@ -31,9 +31,11 @@ MATMUL_TARGET = "__onednn$matmul"
 DISABLE_ENV = "LIGHTNETS_NO_ONEDNN"
 
 
-def _config(rank: int, taps: Sequence[int], padding: Sequence[int], strides: int, groups: int) -> str:
+def _config(rank: int, taps: Sequence[int], padding: Sequence[int], strides: int, groups: int,
+            post_ops: Sequence[str] = ()) -> str:
     """The ``BackendConfig`` JSON of a convolution over channels-last (N, *spatial, C) input and
-    output and a (*taps, C_in / groups, C_out) kernel. Axis numbers are 0-based, dilations 1-based
+    output and a (*taps, C_in / groups, C_out) kernel, then ``post_ops`` ("BIAS": add the third
+    operand per channel, "RELU"). Axis numbers are 0-based, dilations 1-based
     (the encoding of jaxlib 0.10's ``onednn_convolution.cc``)."""
     spatial = rank - 2
     data = {"batch_dim": 0, "feature_dim": rank - 1, "spatial_dims": list(range(1, spatial + 1))}
@@ -46,21 +48,24 @@ def _config(rank: int, taps: Sequence[int], padding: Sequence[int], strides: int
         "window": {"size": list(taps), "pad_left": list(padding), "pad_right": list(padding),
                    "strides": [strides] * spatial, "window_dilations": [1] * spatial},
         "feature_groups": groups,
+        "fusions": {"ops": list(post_ops)},
     }})
 
 
 def convolution(x: jax.Array, kernel: jax.Array, padding: Sequence[int], strides: int = 1,
-                groups: int = 1) -> jax.Array:
+                groups: int = 1, bias: jax.Array | None = None, relu: bool = False) -> jax.Array:
     """Convolution of channels-last ``x`` (N, *spatial, C_in) with a (*taps, C_in / groups, C_out)
     kernel, zero-padded by ``padding[i]`` on both sides of spatial axis i; 1-3 spatial axes.
-    ``groups == C_in == C_out`` is a depthwise convolution."""
+    ``groups == C_in == C_out`` is a depthwise convolution. ``bias`` (C_out,) and a ``relu`` after
+    it are applied inside oneDNN's kernel, saving XLA a pass over the output."""
     spatial = x.ndim - 2
     taps = kernel.shape[:spatial]
     out_sizes = tuple((x.shape[1 + i] + 2 * padding[i] - taps[i]) // strides + 1 for i in range(spatial))
     out = jax.ShapeDtypeStruct((x.shape[0], *out_sizes, kernel.shape[-1]), x.dtype)
+    post_ops = ["BIAS"] * (bias is not None) + ["RELU"] * relu
     call = jax.ffi.ffi_call(TARGET, out, custom_call_api_version=1, vmap_method="sequential",
-                            legacy_backend_config=_config(x.ndim, taps, padding, strides, groups))
-    return call(x, kernel)
+                            legacy_backend_config=_config(x.ndim, taps, padding, strides, groups, post_ops))
+    return call(x, kernel) if bias is None else call(x, kernel, bias)
 
 
 def input_gradient(grad: jax.Array, kernel: jax.Array, padding: Sequence[int], groups: int = 1) -> jax.Array:

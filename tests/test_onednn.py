@@ -80,3 +80,27 @@ def test_hybridsn_compiles_its_convolutions_to_onednn(train):
     text = jax.jit(step).lower(variables, x).compile().as_text()
     assert text.count('custom_call_target="__onednn$convolution"') == (7 if train else 4)
     assert " convolution(" not in text
+
+
+@pytest.mark.parametrize("name", ["hybridsn", "hybridsn_bn"])
+def test_hybridsn_gradients_match_the_reference_path(name):
+    # The fast path's custom gradients (oneDNN input gradients, GEMM kernel gradients, the ReLU
+    # fused into the convs of the variant without BatchNorm) against autodiff of XLA's convolutions.
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 25, 25, 30), np.float32))
+    fast, reference = models.create(name), models.create(name, conv_impl="reference")
+    variables = fast.init(jax.random.key(0), x, train=False)
+
+    def grads(model):
+        def loss(params):
+            logits, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"],
+                                    rngs={"dropout": jax.random.key(1)})
+            return jnp.sum(logits * jnp.arange(logits.shape[-1]))
+        return jax.grad(loss)(variables["params"])
+
+    got, want = grads(fast), grads(reference)
+    want_by_path = dict(jax.tree_util.tree_leaves_with_path(want))
+    # Absolute tolerance on the largest gradient's scale: with BatchNorm after them the convs' bias
+    # gradients are zero up to rounding.
+    scale = max(float(jnp.max(jnp.abs(w))) for w in want_by_path.values())
+    for path, g in jax.tree_util.tree_leaves_with_path(got):
+        np.testing.assert_allclose(g, want_by_path[path], rtol=1e-4, atol=1e-5 * scale, err_msg=str(path))

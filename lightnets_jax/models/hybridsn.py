@@ -52,20 +52,19 @@ class HybridSN(nn.Module):
         # (N, S, S, B) -> (N, B, S, S, 1): depth = bands, one input channel.
         out = jnp.transpose(x, (0, 3, 1, 2))[..., None]
         for i, (features, kernel) in enumerate(CONV3D_CFG, start=1):
-            out = Conv(features, kernel, use_bias=True, init_scheme=self.init_scheme, impl=self.conv_impl,
-                       dtype=self.dtype, name=f"conv{i}_0")(out, train)
-            out = nn.relu(self._maybe_bn(out, train, f"conv{i}_1"))
+            out = self._conv_bn_relu(features, kernel, out, train, f"conv{i}")
         n, depth, h, w, c = out.shape
         # PyTorch's reshape(N, -1, H, W) of (N, C, D, H, W): channel index c * D + d.
         out = jnp.transpose(out, (0, 2, 3, 4, 1)).reshape(n, h, w, c * depth)
-        out = Conv(64, (3, 3), use_bias=True, init_scheme=self.init_scheme, impl=self.conv_impl,
-                   dtype=self.dtype, name="conv4_0")(out, train)
-        out = nn.relu(self._maybe_bn(out, train, "conv4_1"))
+        out = self._conv_bn_relu(64, (3, 3), out, train, "conv4")
         out = jnp.transpose(out, (0, 3, 1, 2)).reshape(n, -1)  # flatten as (C, H, W)
         dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
         out = nn.relu(dropout(Dense(256, init_scheme=self.init_scheme, dtype=self.dtype, name="fc1")(out)))
         out = nn.relu(dropout(Dense(128, init_scheme=self.init_scheme, dtype=self.dtype, name="fc2")(out)))
         return Dense(self.num_classes, init_scheme=self.init_scheme, dtype=self.dtype, name="fc3")(out).astype(jnp.float32)
 
-    def _maybe_bn(self, x, train: bool, name: str):
-        return BatchNorm(not train, name=name)(x) if self.batch_norm else x
+    def _conv_bn_relu(self, features: int, kernel: tuple[int, ...], x, train: bool, name: str):
+        # Without BatchNorm the ReLU goes into the conv, which fuses it on the oneDNN path.
+        out = Conv(features, kernel, use_bias=True, relu=not self.batch_norm, init_scheme=self.init_scheme,
+                   impl=self.conv_impl, dtype=self.dtype, name=f"{name}_0")(x, train)
+        return nn.relu(BatchNorm(not train, name=f"{name}_1")(out)) if self.batch_norm else out

@@ -63,13 +63,17 @@ def bias_init(scheme: str, fan_in: int) -> Initializer:
 
 
 class Conv(nn.Module):
-    """A 2D or 3D convolution with PyTorch's padding and initialization (channels last)."""
+    """A 2D or 3D convolution with PyTorch's padding and initialization (channels last).
+
+    ``relu`` applies a ReLU after the bias; oneDNN's path fuses both into the convolution.
+    """
 
     features: int
     kernel_size: tuple[int, ...]
     strides: int = 1
     padding: int = 0
     use_bias: bool = False
+    relu: bool = False
     init_scheme: str = "torch"
     impl: str = "fast"
     dtype: jnp.dtype | None = None
@@ -83,17 +87,19 @@ class Conv(nn.Module):
             kernel_init(self.init_scheme, fan_in),
             (*self.kernel_size, in_features, self.features),
         )
+        bias = self.param("bias", bias_init(self.init_scheme, fan_in), (self.features,)) if self.use_bias else None
         dtype = self.dtype or x.dtype
         x, kernel = x.astype(dtype), kernel.astype(dtype)
+        bias = None if bias is None else bias.astype(dtype)
         _check_choice("conv impl", self.impl, CONV_IMPLS)
         if self.impl == "fast":
-            y = conv_fast(x, kernel, self.strides, self.padding, train)
-        else:
-            y = _conv(x, kernel, self.strides, self.padding, groups=1)
-        if self.use_bias:
-            bias = self.param("bias", bias_init(self.init_scheme, fan_in), (self.features,))
-            y = y + bias.astype(dtype)
-        return y
+            return conv_fast(x, kernel, self.strides, self.padding, train, bias, self.relu)
+        return _bias_relu(_conv(x, kernel, self.strides, self.padding, groups=1), bias, self.relu)
+
+
+def _bias_relu(y: Array, bias: Array | None, relu: bool) -> Array:
+    y = y if bias is None else y + bias
+    return jax.nn.relu(y) if relu else y
 
 
 class DepthwiseConv(nn.Module):
@@ -310,21 +316,23 @@ MIN_CONTRACTION = 64
 DEPTH_BLOCK = 8
 
 
-def conv_fast(x: Array, kernel: Array, strides: int, padding: int, train: bool = False) -> Array:
-    """The fast convolution: oneDNN's where XLA's CPU runtime has it (``onednn``), else GEMMs.
+def conv_fast(x: Array, kernel: Array, strides: int, padding: int, train: bool = False,
+              bias: Array | None = None, relu: bool = False) -> Array:
+    """The fast convolution (plus ``bias``, then ReLU if ``relu``): oneDNN's where XLA's CPU runtime
+    has it (``onednn``), else GEMMs.
 
-    oneDNN takes stride-1 float32 convolutions with more than one tap (every HybridSN conv),
-    forward and input gradient; its kernel gradient comes from the GEMM formulation
-    (``_onednn_conv``). Strided convolutions, 1x1 convolutions (one GEMM already), other dtypes
-    and other backends use ``conv_gemm``.
+    oneDNN takes stride-1 float32 convolutions: with more than one tap (every HybridSN conv) as a
+    convolution with the bias and ReLU fused in, forward and input gradient, its kernel gradient
+    from GEMMs (``_onednn_conv``); 1x1 ones as matmuls (``_onednn_pointwise``). Strided
+    convolutions, other dtypes and other backends use ``conv_gemm``.
     """
     spatial = x.ndim - 2
     if strides == 1 and x.dtype == jnp.float32 and kernel.dtype == jnp.float32 and onednn.available():
         if math.prod(kernel.shape[:spatial]) > 1:
-            return _onednn_conv(x, kernel, padding)
+            return _onednn_conv(x, kernel, bias, padding, relu)
         if not padding:
-            return _onednn_pointwise(x, kernel)
-    return conv_gemm(x, kernel, strides, padding, train)
+            return _bias_relu(_onednn_pointwise(x, kernel), bias, relu)
+    return _bias_relu(conv_gemm(x, kernel, strides, padding, train), bias, relu)
 
 
 @jax.custom_vjp
@@ -348,27 +356,34 @@ def _onednn_pointwise_bwd(residuals, grad):
 _onednn_pointwise.defvjp(_onednn_pointwise_fwd, _onednn_pointwise_bwd)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _onednn_conv(x: Array, kernel: Array, padding: int) -> Array:
-    return onednn.convolution(x, kernel, (padding,) * (x.ndim - 2))
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _onednn_conv(x: Array, kernel: Array, bias: Array | None, padding: int, relu: bool) -> Array:
+    return onednn.convolution(x, kernel, (padding,) * (x.ndim - 2), bias=bias, relu=relu)
 
 
-def _onednn_conv_fwd(x, kernel, padding):
-    return _onednn_conv(x, kernel, padding), (x, kernel)
+def _onednn_conv_fwd(x, kernel, bias, padding, relu):
+    y = _onednn_conv(x, kernel, bias, padding, relu)
+    return y, (x, kernel, bias is not None, y if relu else None)
 
 
-def _onednn_conv_bwd(padding, residuals, grad):
+def _onednn_conv_bwd(padding, relu, residuals, grad):
     # Input gradient: another oneDNN convolution (XLA drops it when nobody needs it, e.g. for the
     # network's input). Kernel gradient: oneDNN's forward primitive computes it 3x slower than
     # GEMMs (docs/performance.md, eighth round), so the unfold formulation's GEMMs give it, or
     # autodiff of ``conv_gemm`` for thin contractions (HybridSN's conv1, RGB stems).
-    x, kernel = residuals
+    x, kernel, has_bias, y = residuals
+    if relu:
+        grad = jnp.where(y > 0, grad, 0)
     spatial = x.ndim - 2
+    grad_bias = jnp.sum(grad, axis=tuple(range(grad.ndim - 1))) if has_bias else None
     grad_x = onednn.input_gradient(grad, kernel, (padding,) * spatial)
     if math.prod(kernel.shape[1:spatial]) * kernel.shape[-2] >= MIN_CONTRACTION:
-        return grad_x, _unfold_kernel_grad(x, grad, kernel.shape, padding)
+        return grad_x, _unfold_kernel_grad(x, grad, kernel.shape, padding), grad_bias
     _, kernel_vjp = jax.vjp(lambda k: conv_gemm(x, k, 1, padding, train=True), kernel)
-    return grad_x, kernel_vjp(grad)[0]
+    return grad_x, kernel_vjp(grad)[0], grad_bias
+
+
+_onednn_conv.defvjp(_onednn_conv_fwd, _onednn_conv_bwd)
 
 
 def _unfold_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padding: int) -> Array:
