@@ -1,18 +1,17 @@
-"""oneDNN's direct convolutions, called from JAX through the custom call XLA's CPU runtime already has.
+"""oneDNN's convolutions and matmuls, called from JAX through the custom calls XLA's CPU runtime has.
 
-jaxlib's CPU backend is built with oneDNN (the library PyTorch's CPU convolutions use) and runs
-a custom call named ``__onednn$convolution`` with it: a forward convolution on channels-last
-buffers, configured by a ``BackendConfig`` proto given as JSON. XLA's own passes no longer emit
-that call (no ``--xla_cpu_use_onednn`` setting routes convolutions there in jaxlib 0.10), so
-``convolution`` emits it itself with ``jax.ffi.ffi_call``. At HybridSN's shapes it runs as fast as
-PyTorch's convolutions, 2-2.5x faster than the GEMM formulations in ``models/layers.py``
-(docs/performance.md, eighth round).
+jaxlib's x86-64 CPU backend is built with oneDNN (the library behind PyTorch's CPU convolutions)
+and runs custom calls named ``__onednn$convolution`` and ``__onednn$matmul`` with it, configured
+by a ``BackendConfig`` proto given as JSON. XLA's own passes no longer emit them (no
+``--xla_cpu_use_onednn`` setting routes convolutions there in jaxlib 0.10), so this module emits
+them with ``jax.ffi.ffi_call``. At HybridSN's shapes the convolution runs as fast as PyTorch's,
+2-2.5x faster than the GEMM formulations in ``models/layers.py`` (docs/performance.md, eighth round).
 
-Only a forward (inference) primitive is exposed; the layers get the input gradient from it as a
-convolution of the output gradient with the flipped kernel, and the kernel gradient from GEMMs
-over unfolded patches, run by oneDNN's matmul (``__onednn$matmul``, emitted the same way). ``available()`` compiles and runs a tiny convolution to find out whether this
-jaxlib, on this backend, has the custom call (False off CPU, on builds without oneDNN, and when
-``LIGHTNETS_NO_ONEDNN=1`` is set).
+The convolution is a forward (inference) primitive only: the layers get the input gradient from
+it as a convolution of the output gradient with the flipped kernel, and the kernel gradient from
+GEMMs over unfolded patches, run by ``matmul``. ``available()`` compiles and runs a tiny program
+to find out whether this jaxlib, on this backend, has both (False off CPU, on builds without
+oneDNN, and when ``LIGHTNETS_NO_ONEDNN=1`` is set).
 """
 
 from __future__ import annotations
@@ -115,7 +114,8 @@ def available() -> bool:
     expected = sum(np.einsum("nhwc,co->nhwo", padded[:, i:i + 5, j:j + 6], kernel[i, j])
                    for i in range(3) for j in range(3))
     rows = x.reshape(-1, 3)
-    return bool(np.allclose(y, expected, rtol=1e-4, atol=1e-4) and np.allclose(gram, rows.T @ rows, rtol=1e-4, atol=1e-4))
+    return bool(np.allclose(y, expected, rtol=1e-4, atol=1e-4)
+                and np.allclose(gram, rows.T @ rows, rtol=1e-4, atol=1e-4))
 
 
 def describe() -> str:

@@ -62,6 +62,19 @@ def test_convolution_matches_xla(case):
 
 
 @needs_onednn
+@pytest.mark.parametrize("relu", [False, True])
+def test_bias_and_relu_post_ops(relu):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 7, 6, 6, 3), np.float32))
+    k = jnp.asarray(rng.standard_normal((3, 3, 3, 3, 5), np.float32))
+    b = jnp.asarray(rng.standard_normal((5,), np.float32))
+    got = jax.jit(lambda x, k, b: onednn.convolution(x, k, (1, 1, 1), bias=b, relu=relu))(x, k, b)
+    want = lax.conv_general_dilated(x, k, (1, 1, 1), [(1, 1)] * 3, dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+                                    precision=lax.Precision.HIGHEST) + b
+    np.testing.assert_allclose(got, jax.nn.relu(want) if relu else want, rtol=1e-4, atol=1e-4)
+
+
+@needs_onednn
 @pytest.mark.parametrize("train", [False, True])
 def test_hybridsn_compiles_its_convolutions_to_onednn(train):
     # Forward: all four convs; training adds the input gradients of conv2-conv4 (the network's

@@ -348,8 +348,8 @@ def _onednn_pointwise_fwd(x, kernel):
 
 def _onednn_pointwise_bwd(residuals, grad):
     x, kernel = residuals
-    rows, grad_rows, matrix = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1]), kernel.reshape(kernel.shape[-2:])
-    grad_x = onednn.matmul(grad_rows, matrix, transpose_b=True).reshape(x.shape)
+    rows, grad_rows = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
+    grad_x = onednn.matmul(grad_rows, kernel.reshape(kernel.shape[-2:]), transpose_b=True).reshape(x.shape)
     return grad_x, onednn.matmul(rows, grad_rows, transpose_a=True).reshape(kernel.shape)
 
 
@@ -412,9 +412,6 @@ def _unfold_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], pa
     total, _ = lax.scan(accumulate, jnp.zeros((math.prod(rest) * cin, first * cout), jnp.float32), chunks)
     # Rows (*rest, C_in), columns (first, C_out), as ``_unfold_shift_add``'s matrix.
     return jnp.moveaxis(total.reshape(*rest, cin, first, cout), -2, 0).astype(x.dtype)
-
-
-_onednn_conv.defvjp(_onednn_conv_fwd, _onednn_conv_bwd)
 
 
 def conv_gemm(x: Array, kernel: Array, strides: int, padding: int, train: bool = False) -> Array:
