@@ -25,9 +25,12 @@ def test_available_on_x86_cpu():
     assert onednn.describe() == "oneDNN convs"
 
 
-def test_disabled_by_environment_variable():
+@pytest.mark.parametrize("setting", [{onednn.DISABLE_ENV: "1"},
+                                     {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}])
+def test_off_when_disabled_or_with_several_devices(setting):
+    # Several devices keep the GEMM formulations (see ``onednn.available``).
     code = "from lightnets_jax import onednn; print(onednn.available(), onednn.describe())"
-    env = {**os.environ, onednn.DISABLE_ENV: "1", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, **setting, "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
                          timeout=120, check=True).stdout.split()
     assert out == ["False", "GEMM", "convs"]
