@@ -78,17 +78,19 @@ def test_bias_and_relu_post_ops(relu):
 
 
 @needs_onednn
+@pytest.mark.parametrize("name", ["hybridsn", "hybridsn_bn"])
 @pytest.mark.parametrize("train", [False, True])
-def test_hybridsn_compiles_its_convolutions_to_onednn(train):
+def test_hybridsn_compiles_its_convolutions_to_onednn(name, train):
     # Forward: all four convs; training adds the input gradients of conv2-conv4 (the network's
-    # input needs none, and XLA drops that one). XLA's own convolutions appear nowhere.
-    model = models.create("hybridsn")
+    # input needs none, and XLA drops that one). XLA's own convolutions appear nowhere. The ReLUs
+    # run inside the convs, except in training with BatchNorm (which then sits between them).
+    model = models.create(name)
     x = jnp.zeros((2, 25, 25, 30), jnp.float32)
     variables = model.init(jax.random.key(0), x, train=False)
     if train:
         def step(variables, x):
             loss = lambda p: jnp.sum(model.apply({**variables, "params": p}, x, train=True,  # noqa: E731
-                                                 rngs={"dropout": jax.random.key(1)}))
+                                                 mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})[0])
             return jax.grad(loss)(variables["params"])
     else:
         def step(variables, x):
@@ -96,6 +98,20 @@ def test_hybridsn_compiles_its_convolutions_to_onednn(train):
     text = jax.jit(step).lower(variables, x).compile().as_text()
     assert text.count('custom_call_target="__onednn$convolution"') == (7 if train else 4)
     assert " convolution(" not in text
+    assert text.count('"RELU"') == (0 if train and name == "hybridsn_bn" else 4)
+
+
+def test_batchnorm_folded_at_inference_matches_the_reference():
+    # Running statistics away from their initial values, so that the folding has work to do.
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 25, 25, 30), np.float32))
+    fast, reference = models.create("hybridsn_bn"), models.create("hybridsn_bn", conv_impl="reference")
+    variables = fast.init(jax.random.key(0), x, train=False)
+    for _ in range(3):
+        _, updates = reference.apply(variables, x * 3 + 1, train=True, mutable=["batch_stats"],
+                                     rngs={"dropout": jax.random.key(1)})
+        variables = {**variables, **updates}
+    got, want = fast.apply(variables, x, train=False), reference.apply(variables, x, train=False)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))
 
 
 @pytest.mark.parametrize("name", ["hybridsn", "hybridsn_bn"])

@@ -65,7 +65,9 @@ def bias_init(scheme: str, fan_in: int) -> Initializer:
 class Conv(nn.Module):
     """A 2D or 3D convolution with PyTorch's padding and initialization (channels last).
 
-    ``relu`` applies a ReLU after the bias; oneDNN's path fuses both into the convolution.
+    ``relu`` applies a ReLU after the bias; oneDNN's path fuses both into the convolution. A
+    per-channel ``affine`` (multiplier, shift) given to the call, e.g. a following BatchNorm's in
+    eval mode, is folded into the kernel and bias.
     """
 
     features: int
@@ -79,7 +81,7 @@ class Conv(nn.Module):
     dtype: jnp.dtype | None = None
 
     @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> Array:
+    def __call__(self, x: Array, train: bool = False, affine: tuple[Array, Array] | None = None) -> Array:
         in_features = x.shape[-1]
         fan_in = in_features * math.prod(self.kernel_size)
         kernel = self.param(
@@ -88,6 +90,9 @@ class Conv(nn.Module):
             (*self.kernel_size, in_features, self.features),
         )
         bias = self.param("bias", bias_init(self.init_scheme, fan_in), (self.features,)) if self.use_bias else None
+        if affine is not None:
+            multiplier, shift = affine
+            kernel, bias = kernel * multiplier, shift if bias is None else bias * multiplier + shift
         dtype = self.dtype or x.dtype
         x, kernel = x.astype(dtype), kernel.astype(dtype)
         bias = None if bias is None else bias.astype(dtype)
@@ -175,9 +180,18 @@ class BatchNorm(nn.Module):
                 unbiased = var * (count / max(count - 1, 1))
                 running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
                 running_var.value = (1 - self.momentum) * running_var.value + self.momentum * unbiased
-        multiplier = scale * lax.rsqrt(var + self.epsilon)
-        shift = bias - mean * multiplier
+        multiplier, shift = self._affine(scale, bias, mean, var)
         return (x * multiplier.astype(x.dtype) + shift.astype(x.dtype)).astype(x.dtype)
+
+    def inference_affine(self) -> tuple[Array, Array]:
+        """What eval mode applies, as a per-channel (multiplier, shift) from the stored parameters
+        and running statistics: for folding into the convolution before it."""
+        return self._affine(self.get_variable("params", "scale"), self.get_variable("params", "bias"),
+                            self.get_variable("batch_stats", "mean"), self.get_variable("batch_stats", "var"))
+
+    def _affine(self, scale: Array, bias: Array, mean: Array, var: Array) -> tuple[Array, Array]:
+        multiplier = scale * lax.rsqrt(var + self.epsilon)
+        return multiplier, bias - mean * multiplier
 
 
 def _conv(x: Array, kernel: Array, strides: int, padding: int, groups: int) -> Array:
