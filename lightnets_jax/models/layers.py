@@ -216,9 +216,15 @@ def depthwise_conv_fast(x: Array, kernel: Array, strides: int, padding: int) -> 
     """oneDNN's depthwise convolution where XLA's CPU runtime has it (float32), else the shifted
     multiply-adds (``depthwise_conv_shifted``); both take the kernel gradient from
     ``_depthwise_kernel_grad``."""
-    if x.dtype == jnp.float32 and kernel.dtype == jnp.float32 and onednn.available():
+    if _onednn_takes(x, kernel):
         return _depthwise_onednn(x, kernel, strides, padding)
     return depthwise_conv_shifted(x, kernel, strides, padding)
+
+
+def _onednn_takes(x: Array, kernel: Array) -> bool:
+    """Whether the oneDNN paths run these operands: float32 (what was measured and what the custom
+    calls are checked with) on a runtime that has them."""
+    return x.dtype == jnp.float32 and kernel.dtype == jnp.float32 and onednn.available()
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -304,16 +310,22 @@ def _depthwise_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...],
     if jax.default_backend() != "cpu":
         chunk = batch
 
-    def accumulate(total, pair):
-        x_chunk, grad_chunk = pair
-        sums = [jnp.sum((window * grad_chunk).astype(jnp.float32), axis=(0, 1, 2))
-                for window in _depthwise_windows(x_chunk, kh, kw, strides, padding)]
-        return total + jnp.stack(sums), None
+    def per_chunk(x_chunk, grad_chunk):
+        return jnp.stack([jnp.sum((window * grad_chunk).astype(jnp.float32), axis=(0, 1, 2))
+                          for window in _depthwise_windows(x_chunk, kh, kw, strides, padding)])
 
-    chunks = (x.reshape(batch // chunk, chunk, *x.shape[1:]),
-              grad.reshape(batch // chunk, chunk, *grad.shape[1:]))
-    total, _ = lax.scan(accumulate, jnp.zeros((kh * kw, x.shape[-1]), jnp.float32), chunks)
+    total = _sum_over_chunks(per_chunk, x, grad, chunk, (kh * kw, x.shape[-1]))
     return total.reshape(kernel_shape).astype(x.dtype)
+
+
+def _sum_over_chunks(per_chunk: Callable[[Array, Array], Array], x: Array, grad: Array, chunk: int,
+                     shape: tuple[int, ...]) -> Array:
+    """The float32 sum of ``per_chunk(x_chunk, grad_chunk)`` over the batch, ``chunk`` samples at a
+    time (a ``lax.scan``, so only one chunk's temporaries live at once)."""
+    batch = x.shape[0]
+    chunks = (x.reshape(batch // chunk, chunk, *x.shape[1:]), grad.reshape(batch // chunk, chunk, *grad.shape[1:]))
+    total, _ = lax.scan(lambda total, pair: (total + per_chunk(*pair), None), jnp.zeros(shape, jnp.float32), chunks)
+    return total
 
 
 # Samples per chunk of the GEMM convolutions: unfolded patches of a whole batch take gigabytes
@@ -341,7 +353,7 @@ def conv_fast(x: Array, kernel: Array, strides: int, padding: int, train: bool =
     convolutions, other dtypes and other backends use ``conv_gemm``.
     """
     spatial = x.ndim - 2
-    if strides == 1 and x.dtype == jnp.float32 and kernel.dtype == jnp.float32 and onednn.available():
+    if strides == 1 and _onednn_takes(x, kernel):
         if math.prod(kernel.shape[:spatial]) > 1:
             return _onednn_conv(x, kernel, bias, padding, relu)
         if not padding:
@@ -411,19 +423,14 @@ def _unfold_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], pa
     first, rest = kernel_shape[0], kernel_shape[1:spatial]
     cin, cout = kernel_shape[-2:]
     out_sizes = grad.shape[1:-1]
-    axes = range(2, spatial + 1)
 
-    def accumulate(total, pair):
-        x_chunk, grad_chunk = pair
-        cols = _unfold(x_chunk, dict(zip(axes, rest)), dict(zip(axes, out_sizes[1:])), dict.fromkeys(axes, 1))
-        (shifted,) = _shift_add_bwd(out_sizes[0], first, None, grad_chunk)
-        product = onednn.matmul(cols.reshape(-1, cols.shape[-1]), shifted.reshape(-1, first * cout), transpose_a=True)
-        return total + product, None
+    def per_chunk(x_chunk, grad_chunk):
+        cols = _unfold_trailing(x_chunk, rest, out_sizes)
+        shifted = _shifted_taps(grad_chunk, out_sizes[0], first)
+        return onednn.matmul(cols.reshape(-1, cols.shape[-1]), shifted.reshape(-1, first * cout), transpose_a=True)
 
-    batch = x.shape[0]
-    chunk = math.gcd(batch, UNFOLD_CHUNK)
-    chunks = (x.reshape(batch // chunk, chunk, *x.shape[1:]), grad.reshape(batch // chunk, chunk, *grad.shape[1:]))
-    total, _ = lax.scan(accumulate, jnp.zeros((math.prod(rest) * cin, first * cout), jnp.float32), chunks)
+    chunk = math.gcd(x.shape[0], UNFOLD_CHUNK)
+    total = _sum_over_chunks(per_chunk, x, grad, chunk, (math.prod(rest) * cin, first * cout))
     # Rows (*rest, C_in), columns (first, C_out), as ``_unfold_shift_add``'s matrix.
     return jnp.moveaxis(total.reshape(*rest, cin, first, cout), -2, 0).astype(x.dtype)
 
@@ -520,12 +527,18 @@ def _unfold_shift_add(chunk: Array, kernel: Array, out_sizes: tuple[int, ...]) -
     spatial = chunk.ndim - 2
     first, rest = kernel.shape[0], kernel.shape[1:spatial]
     cin, cout = kernel.shape[-2:]
-    axes = range(2, spatial + 1)
-    cols = _unfold(chunk, dict(zip(axes, rest)), dict(zip(axes, out_sizes[1:])), dict.fromkeys(axes, 1))
+    cols = _unfold_trailing(chunk, rest, out_sizes)
     # (first, *rest, C, O) -> (*rest, C, first, O): one column block per first-axis tap.
     matrix = jnp.moveaxis(kernel, 0, -2).reshape(math.prod(rest) * cin, first * cout)
     z = (cols.reshape(-1, cols.shape[-1]) @ matrix).reshape(*cols.shape[:-1], first, cout)
     return _shift_add(z, out_sizes[0], first)
+
+
+def _unfold_trailing(chunk: Array, taps: tuple[int, ...], out_sizes: tuple[int, ...]) -> Array:
+    """``_unfold`` over every spatial axis but the first (stride 1): ``taps`` of those axes,
+    ``out_sizes`` of every spatial axis."""
+    axes = range(2, chunk.ndim - 1)
+    return _unfold(chunk, dict(zip(axes, taps)), dict(zip(axes, out_sizes[1:])), dict.fromkeys(axes, 1))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -543,14 +556,19 @@ def _shift_add_fwd(z, out_size, taps):
 
 
 def _shift_add_bwd(out_size, taps, _, grad):
-    # grad_z[:, d, ..., t, :] = grad[:, d - t], zero outside: windows of the zero-padded gradient
-    # stacked on the tap axis. Autodiff's sum of ``taps`` padded copies compiles to a slow loop
-    # (5-9 % of a HybridSN training step, docs/performance.md).
+    # Autodiff's sum of ``taps`` padded copies compiles to a slow loop (5-9 % of a HybridSN
+    # training step, docs/performance.md).
+    return (_shifted_taps(grad, out_size, taps),)
+
+
+def _shifted_taps(grad: Array, out_size: int, taps: int) -> Array:
+    """``_shift_add``'s transpose: z[:, d, ..., t, :] = grad[:, d - t], zero outside, i.e. windows
+    of the zero-padded gradient stacked on a new tap axis before the channels."""
     pad = ((0, 0), (taps - 1, taps - 1)) + ((0, 0),) * (grad.ndim - 2)
     padded = jnp.pad(grad, pad)
     depth = out_size + taps - 1
     windows = [lax.slice_in_dim(padded, taps - 1 - t, taps - 1 - t + depth, axis=1) for t in range(taps)]
-    return (jnp.stack(windows, axis=-2),)
+    return jnp.stack(windows, axis=-2)
 
 
 _shift_add.defvjp(_shift_add_fwd, _shift_add_bwd)
