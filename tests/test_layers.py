@@ -62,7 +62,8 @@ needs_onednn = pytest.mark.skipif(not onednn.available(), reason="XLA's CPU runt
 @needs_onednn
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_conv_fast_matches_xla_convolution_and_its_gradients(case):
-    # Stride-1 multi-tap cases run oneDNN (forward, input gradient) with the GEMM kernel gradient.
+    # Stride-1 multi-tap cases run oneDNN (forward, input gradient); the kernel gradient is oneDNN
+    # convolutions in 3D (``_conv_kernel_grad``), GEMMs in 2D.
     x_shape, k_shape, stride, padding = CASES[case]
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal(x_shape, np.float32))
@@ -70,6 +71,31 @@ def test_conv_fast_matches_xla_convolution_and_its_gradients(case):
     fast = lambda x, k: layers.conv_fast(x, k, stride, padding, train=True)  # noqa: E731
     reference = lambda x, k: layers._conv(x, k, stride, padding, groups=1)  # noqa: E731
     _assert_same_values_and_gradients(fast, reference, x, k)
+
+
+# (input shape, kernel shape, padding, chunk bytes) for ``_conv_kernel_grad``: one input channel
+# (two axes unfolded), several (one), padding, and chunks of 1, 2 (batch 6, 4 samples' budget) and
+# the whole batch.
+KERNEL_GRAD_CASES = {
+    "one_channel_chunk1": ((3, 11, 7, 6, 1), (4, 3, 2, 1, 5), 0, 16),
+    "eight_channels_padded_chunk2": ((6, 6, 7, 5, 8), (3, 3, 3, 8, 4), 1, 4 * 6 * 7 * 5 * 4 * 4),
+    "wide_whole_batch": ((4, 5, 6, 6, 20), (2, 2, 3, 20, 3), 1, 1 << 30),
+}
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", sorted(KERNEL_GRAD_CASES))
+def test_conv_kernel_grad_matches_autodiff_of_xla_convolution(case, monkeypatch):
+    x_shape, k_shape, padding, chunk_bytes = KERNEL_GRAD_CASES[case]
+    monkeypatch.setattr(layers, "KERNEL_GRAD_CHUNK_BYTES", chunk_bytes)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(x_shape, np.float32))
+    k = jnp.asarray(rng.standard_normal(k_shape, np.float32))
+    y, vjp = jax.vjp(lambda k: layers._conv(x, k, 1, padding, groups=1), k)
+    grad = jnp.asarray(rng.standard_normal(y.shape, np.float32))
+    expected = vjp(grad)[0]
+    got = jax.jit(lambda x, grad: layers._conv_kernel_grad(x, grad, k_shape, padding))(x, grad)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(expected))))
 
 
 @needs_onednn

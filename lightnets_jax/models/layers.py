@@ -338,6 +338,11 @@ IM2COL_CHUNK = 8
 UNFOLD_CHUNK = 2
 # Smallest GEMM contraction worth the unfold-and-shift-add formulation (docs/performance.md).
 MIN_CONTRACTION = 64
+# The kernel gradient as oneDNN convolutions (``_conv_kernel_grad``): output-gradient bytes per
+# chunk (the conv's kernel; 1.25 MiB stays in this Xeon's 2 MiB L2: 2 HybridSN conv2 samples, 1 of
+# conv3, at 2 or more samples 1.1-2x slower), and the least conv batch the unfolding aims for.
+KERNEL_GRAD_CHUNK_BYTES = 5 << 18
+KERNEL_GRAD_MIN_BATCH = 16
 # Output depths per block of the depth-Toeplitz 3D conv (few input channels, e.g. HybridSN's conv1).
 DEPTH_BLOCK = 8
 
@@ -403,6 +408,8 @@ def _onednn_conv_bwd(padding, relu, residuals, grad):
     spatial = x.ndim - 2
     grad_bias = jnp.sum(grad, axis=tuple(range(grad.ndim - 1))) if has_bias else None
     grad_x = onednn.input_gradient(grad, kernel, (padding,) * spatial)
+    if spatial == 3:
+        return grad_x, _conv_kernel_grad(x, grad, kernel.shape, padding), grad_bias
     if math.prod(kernel.shape[1:spatial]) * kernel.shape[-2] >= MIN_CONTRACTION:
         return grad_x, _unfold_kernel_grad(x, grad, kernel.shape, padding), grad_bias
     _, kernel_vjp = jax.vjp(lambda k: conv_gemm(x, k, 1, padding, train=True), kernel)
@@ -410,6 +417,50 @@ def _onednn_conv_bwd(padding, relu, residuals, grad):
 
 
 _onednn_conv.defvjp(_onednn_conv_fwd, _onednn_conv_bwd)
+
+
+def _conv_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padding: int) -> Array:
+    """The kernel gradient of a stride-1 convolution as oneDNN convolutions, a few samples at a time.
+
+    dK[t, c, o] = sum over samples and positions p of x[p + t, c] * grad[p, o] is itself a
+    convolution: the output gradient is its kernel (its output channels are the conv's C_out), the
+    input its image, the conv's output the taps. Run as one directly (all axes spatial) oneDNN is
+    3x slower than GEMMs, so the trailing spatial axes are unfolded (their taps times C_in become the
+    conv's batch, their output positions times the chunk's samples its input channels): the last,
+    and more while that batch is below ``KERNEL_GRAD_MIN_BATCH``; the first stays spatial. The unfolded copies are
+    taps-times smaller than the GEMM formulation's, and ``KERNEL_GRAD_CHUNK_BYTES`` of output
+    gradient per chunk keep the conv's kernel in L2. HybridSN's conv1-conv3: 64/197/233 ms -> 48/
+    126/205 ms at batch 128 (docs/performance.md, ninth round).
+    """
+    spatial = x.ndim - 2
+    if padding:
+        x = jnp.pad(x, ((0, 0),) + ((padding, padding),) * spatial + ((0, 0),))
+    cin, cout = kernel_shape[-2:]
+    # Unfold the last axis, then more trailing ones while the conv's batch is small; axis 0 stays.
+    unfolded = [spatial - 1]
+    while unfolded[0] > 1 and math.prod(kernel_shape[a] for a in unfolded) * cin < KERNEL_GRAD_MIN_BATCH:
+        unfolded.insert(0, unfolded[0] - 1)
+    kept = [a for a in range(spatial) if a not in unfolded]
+    out_sizes = grad.shape[1:-1]
+
+    def per_chunk(x_chunk, grad_chunk):
+        # (chunk, *spatial, C_in) -> (C_in, *kept, chunk, *unfolded): the conv's channels innermost.
+        image = jnp.transpose(x_chunk, [spatial + 1, *(1 + a for a in kept), 0, *(1 + a for a in unfolded)])
+        windows = [image[(Ellipsis, *(slice(t, t + out_sizes[a]) for t, a in zip(taps, unfolded)))]
+                   for taps in itertools.product(*(range(kernel_shape[a]) for a in unfolded))]
+        image = jnp.stack(windows).reshape(len(windows) * cin, *(x.shape[1 + a] for a in kept), -1)
+        weights = jnp.transpose(grad_chunk, [*(1 + a for a in kept), 0, *(1 + a for a in unfolded), spatial + 1])
+        weights = weights.reshape(*(out_sizes[a] for a in kept), -1, cout)
+        return onednn.convolution(image, weights, (0,) * len(kept))  # (unfolded taps · C_in, *kept taps, C_out)
+
+    per_sample = math.prod(grad.shape[1:]) * grad.dtype.itemsize
+    chunk = math.gcd(x.shape[0], 1 << max(0, (KERNEL_GRAD_CHUNK_BYTES // per_sample).bit_length() - 1))
+    total_shape = (math.prod(kernel_shape[a] for a in unfolded) * cin, *(kernel_shape[a] for a in kept), cout)
+    total = _sum_over_chunks(per_chunk, x, grad, chunk, total_shape)
+    total = total.reshape(*(kernel_shape[a] for a in unfolded), cin, *(kernel_shape[a] for a in kept), cout)
+    # Axes (*unfolded, C_in, *kept, C_out) -> the kernel's (*spatial, C_in, C_out).
+    order = [*unfolded, spatial, *kept]
+    return jnp.transpose(total, [order.index(a) for a in range(spatial)] + [len(unfolded), spatial + 1]).astype(x.dtype)
 
 
 def _unfold_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padding: int) -> Array:
