@@ -109,6 +109,23 @@ def test_depthwise_conv_fast_matches_grouped_convolution_and_its_gradients(strid
     _assert_same_values_and_gradients(fast, reference, x, k)
 
 
+@pytest.mark.parametrize("padding", [0, 1])
+def test_depth_folded_conv_is_the_2d_conv_of_pytorchs_reshape(padding):
+    # Conv(fold_depth=True) on (N, D, H, W, C) against a reference 2D conv of the (N, H, W, C * D)
+    # map with channel c * D + d; on oneDNN's path a 3D conv spanning the depth, bias and ReLU fused.
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((3, 5, 7, 6, 4), np.float32))
+    fast = layers.Conv(6, (3, 3), padding=padding, use_bias=True, relu=True, fold_depth=True)
+    reference = layers.Conv(6, (3, 3), padding=padding, use_bias=True, relu=True, fold_depth=True, impl="reference")
+    params = fast.init(jax.random.key(0), x)["params"]
+    assert params["kernel"].shape == (3, 3, 4 * 5, 6)
+    folded = jnp.transpose(x, (0, 2, 3, 4, 1)).reshape(3, 7, 6, 20)
+    plain = layers._bias_relu(layers._conv(folded, params["kernel"], 1, padding, groups=1), params["bias"], True)
+    np.testing.assert_allclose(reference.apply({"params": params}, x), plain, rtol=1e-5, atol=1e-5)
+    apply = lambda module: lambda x, k: module.apply({"params": {**params, "kernel": k}}, x, train=True)  # noqa: E731
+    _assert_same_values_and_gradients(apply(fast), apply(reference), x, params["kernel"])
+
+
 def _assert_same_values_and_gradients(fast, reference, x, k):
     def loss(conv):
         def f(x, k):

@@ -53,23 +53,22 @@ class HybridSN(nn.Module):
         out = jnp.transpose(x, (0, 3, 1, 2))[..., None]
         for i, (features, kernel) in enumerate(CONV3D_CFG, start=1):
             out = self._conv_bn_relu(features, kernel, out, train, f"conv{i}")
-        n, depth, h, w, c = out.shape
-        # PyTorch's reshape(N, -1, H, W) of (N, C, D, H, W): channel index c * D + d.
-        out = jnp.transpose(out, (0, 2, 3, 4, 1)).reshape(n, h, w, c * depth)
-        out = self._conv_bn_relu(64, (3, 3), out, train, "conv4")
-        out = jnp.transpose(out, (0, 3, 1, 2)).reshape(n, -1)  # flatten as (C, H, W)
+        # conv4 is a 2D conv of PyTorch's reshape(N, -1, H, W) of (N, C, D, H, W): channel index
+        # c * D + d; Conv(fold_depth=True) takes the 3D map as it is.
+        out = self._conv_bn_relu(64, (3, 3), out, train, "conv4", fold_depth=True)
+        out = jnp.transpose(out, (0, 3, 1, 2)).reshape(out.shape[0], -1)  # flatten as (C, H, W)
         dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
         out = nn.relu(dropout(Dense(256, init_scheme=self.init_scheme, dtype=self.dtype, name="fc1")(out)))
         out = nn.relu(dropout(Dense(128, init_scheme=self.init_scheme, dtype=self.dtype, name="fc2")(out)))
         return Dense(self.num_classes, init_scheme=self.init_scheme, dtype=self.dtype, name="fc3")(out).astype(jnp.float32)
 
-    def _conv_bn_relu(self, features: int, kernel: tuple[int, ...], x, train: bool, name: str):
+    def _conv_bn_relu(self, features: int, kernel: tuple[int, ...], x, train: bool, name: str, fold_depth=False):
         # Without BatchNorm the ReLU goes into the conv, which fuses it on the oneDNN path. At
         # inference on the fast path, BatchNorm folds into the conv's kernel and bias, and the ReLU
         # goes in as well: one pass over the output instead of three.
         fold = self.batch_norm and not train and self.conv_impl == "fast" and not self.is_initializing()
         conv = Conv(features, kernel, use_bias=True, relu=not self.batch_norm or fold, init_scheme=self.init_scheme,
-                    impl=self.conv_impl, dtype=self.dtype, name=f"{name}_0")
+                    impl=self.conv_impl, dtype=self.dtype, fold_depth=fold_depth, name=f"{name}_0")
         if not self.batch_norm:
             return conv(x, train)
         batch_norm = BatchNorm(not train, name=f"{name}_1")

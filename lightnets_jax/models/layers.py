@@ -67,7 +67,9 @@ class Conv(nn.Module):
 
     ``relu`` applies a ReLU after the bias; oneDNN's path fuses both into the convolution. A
     per-channel ``affine`` (multiplier, shift) given to the call, e.g. a following BatchNorm's in
-    eval mode, is folded into the kernel and bias.
+    eval mode, is folded into the kernel and bias. ``fold_depth`` makes a 2D conv take a 3D
+    feature map (N, D, H, W, C) as PyTorch's ``reshape(N, C * D, H, W)`` of it (HybridSN's step
+    from 3D to 2D): the kernel is (kh, kw, C * D, features) in that channel order.
     """
 
     features: int
@@ -79,10 +81,11 @@ class Conv(nn.Module):
     init_scheme: str = "torch"
     impl: str = "fast"
     dtype: jnp.dtype | None = None
+    fold_depth: bool = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False, affine: tuple[Array, Array] | None = None) -> Array:
-        in_features = x.shape[-1]
+        in_features = x.shape[-1] * (x.shape[1] if self.fold_depth else 1)
         fan_in = in_features * math.prod(self.kernel_size)
         kernel = self.param(
             "kernel",
@@ -97,9 +100,20 @@ class Conv(nn.Module):
         x, kernel = x.astype(dtype), kernel.astype(dtype)
         bias = None if bias is None else bias.astype(dtype)
         _check_choice("conv impl", self.impl, CONV_IMPLS)
+        if self.fold_depth and self.impl == "fast" and self.strides == 1 and _onednn_takes(x, kernel):
+            return _onednn_depth_folded(x, kernel, bias, self.padding, self.relu)
+        if self.fold_depth:
+            x = fold_depth(x)
         if self.impl == "fast":
             return conv_fast(x, kernel, self.strides, self.padding, train, bias, self.relu)
         return _bias_relu(_conv(x, kernel, self.strides, self.padding, groups=1), bias, self.relu)
+
+
+def fold_depth(x: Array) -> Array:
+    """(N, D, H, W, C) -> (N, H, W, C * D), channel c * D + d: PyTorch's ``reshape(N, C * D, H, W)``
+    of the (N, C, D, H, W) tensor, channels last."""
+    n, depth, h, w, c = x.shape
+    return jnp.transpose(x, (0, 2, 3, 4, 1)).reshape(n, h, w, c * depth)
 
 
 def _bias_relu(y: Array, bias: Array | None, relu: bool) -> Array:
@@ -419,6 +433,45 @@ def _onednn_conv_bwd(padding, relu, residuals, grad):
 _onednn_conv.defvjp(_onednn_conv_fwd, _onednn_conv_bwd)
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _onednn_depth_folded(x: Array, kernel: Array, bias: Array | None, padding: int, relu: bool) -> Array:
+    """``conv_fast(fold_depth(x), kernel, ...)`` without moving ``x``: a 3D convolution whose kernel
+    spans the whole depth (its taps reordered from the folded channels), output depth 1. Forward
+    and input gradient by oneDNN; the kernel gradient by the folded 2D conv's GEMMs, each chunk
+    folded as it is taken. Saves HybridSN's conv4 two whole-batch transposes (forward, and the
+    input gradient back) and the kernel gradient's copy of the folded input (docs/performance.md)."""
+    return _depth_folded_forward(x, kernel, bias, padding, relu)
+
+
+def _depth_kernel(x: Array, kernel: Array) -> Array:
+    """The folded 2D kernel (kh, kw, C * D, O) as the 3D one (D, kh, kw, C, O)."""
+    depth, channels = x.shape[1], x.shape[-1]
+    kh, kw, _, features = kernel.shape
+    return jnp.transpose(kernel.reshape(kh, kw, channels, depth, features), (3, 0, 1, 2, 4))
+
+
+def _depth_folded_forward(x, kernel, bias, padding, relu):
+    y = onednn.convolution(x, _depth_kernel(x, kernel), (0, padding, padding), bias=bias, relu=relu)
+    return y.reshape(y.shape[0], *y.shape[2:])
+
+
+def _onednn_depth_folded_fwd(x, kernel, bias, padding, relu):
+    y = _depth_folded_forward(x, kernel, bias, padding, relu)
+    return y, (x, kernel, bias is not None, y if relu else None)
+
+
+def _onednn_depth_folded_bwd(padding, relu, residuals, grad):
+    x, kernel, has_bias, y = residuals
+    if relu:
+        grad = jnp.where(y > 0, grad, 0)
+    grad_bias = jnp.sum(grad, axis=(0, 1, 2)) if has_bias else None
+    grad_x = onednn.input_gradient(grad[:, None], _depth_kernel(x, kernel), (0, padding, padding))
+    return grad_x, _unfold_kernel_grad(x, grad, kernel.shape, padding, folded=True), grad_bias
+
+
+_onednn_depth_folded.defvjp(_onednn_depth_folded_fwd, _onednn_depth_folded_bwd)
+
+
 def _conv_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padding: int) -> Array:
     """The kernel gradient of a stride-1 convolution as oneDNN convolutions, a few samples at a time.
 
@@ -463,19 +516,23 @@ def _conv_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padd
     return jnp.transpose(total, [order.index(a) for a in range(spatial)] + [len(unfolded), spatial + 1]).astype(x.dtype)
 
 
-def _unfold_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padding: int) -> Array:
+def _unfold_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padding: int,
+                        folded: bool = False) -> Array:
     """The kernel gradient of a stride-1 convolution as ``_unfold_shift_add``'s transpose, a few
     samples at a time: the input unfolded over the trailing spatial axes, the output gradient
     shifted once per first-axis tap, one oneDNN matmul (25 % faster than XLA's dot at HybridSN's
-    conv3/conv4 shapes) accumulated in float32."""
-    spatial = x.ndim - 2
+    conv3/conv4 shapes) accumulated in float32. ``folded``: a 2D conv of ``fold_depth(x)``, each
+    chunk folded as it is taken."""
+    spatial = grad.ndim - 2
     if padding:
-        x = jnp.pad(x, ((0, 0),) + ((padding, padding),) * spatial + ((0, 0),))
+        x = jnp.pad(x, ((0, 0),) * (x.ndim - 1 - spatial) + ((padding, padding),) * spatial + ((0, 0),))
     first, rest = kernel_shape[0], kernel_shape[1:spatial]
     cin, cout = kernel_shape[-2:]
     out_sizes = grad.shape[1:-1]
 
     def per_chunk(x_chunk, grad_chunk):
+        if folded:
+            x_chunk = fold_depth(x_chunk)
         cols = _unfold_trailing(x_chunk, rest, out_sizes)
         shifted = _shifted_taps(grad_chunk, out_sizes[0], first)
         return onednn.matmul(cols.reshape(-1, cols.shape[-1]), shifted.reshape(-1, first * cout), transpose_a=True)
