@@ -126,6 +126,11 @@ def test_depth_folded_conv_is_the_2d_conv_of_pytorchs_reshape(padding):
     _assert_same_values_and_gradients(apply(fast), apply(reference), x, params["kernel"])
 
 
+def test_depth_folded_conv_names_the_shapes_it_needs():
+    with pytest.raises(ValueError, match=r"\(3, 7, 6, 4\).*5D input"):
+        layers.Conv(6, (3, 3), fold_depth=True).init(jax.random.key(0), jnp.zeros((3, 7, 6, 4)))
+
+
 def _assert_same_values_and_gradients(fast, reference, x, k):
     def loss(conv):
         def f(x, k):

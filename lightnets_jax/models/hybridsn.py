@@ -62,7 +62,8 @@ class HybridSN(nn.Module):
         out = nn.relu(dropout(Dense(128, init_scheme=self.init_scheme, dtype=self.dtype, name="fc2")(out)))
         return Dense(self.num_classes, init_scheme=self.init_scheme, dtype=self.dtype, name="fc3")(out).astype(jnp.float32)
 
-    def _conv_bn_relu(self, features: int, kernel: tuple[int, ...], x, train: bool, name: str, fold_depth=False):
+    def _conv_bn_relu(self, features: int, kernel: tuple[int, ...], x, train: bool, name: str,
+                      fold_depth: bool = False):
         # Without BatchNorm the ReLU goes into the conv, which fuses it on the oneDNN path. At
         # inference on the fast path, BatchNorm folds into the conv's kernel and bias, and the ReLU
         # goes in as well: one pass over the output instead of three.

@@ -85,6 +85,9 @@ class Conv(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False, affine: tuple[Array, Array] | None = None) -> Array:
+        if self.fold_depth and (x.ndim != 5 or len(self.kernel_size) != 2):
+            raise ValueError(f"Conv(fold_depth=True) is a 2D conv of a (N, D, H, W, C) input: got input shape "
+                             f"{x.shape} and kernel_size {self.kernel_size}; pass a 5D input and a 2D kernel_size")
         in_features = x.shape[-1] * (x.shape[1] if self.fold_depth else 1)
         fan_in = in_features * math.prod(self.kernel_size)
         kernel = self.param(
@@ -358,8 +361,9 @@ UNFOLD_CHUNK = 2
 # Smallest GEMM contraction worth the unfold-and-shift-add formulation (docs/performance.md).
 MIN_CONTRACTION = 64
 # The kernel gradient as oneDNN convolutions (``_conv_kernel_grad``): output-gradient bytes per
-# chunk (the conv's kernel; 1.25 MiB stays in this Xeon's 2 MiB L2: 2 HybridSN conv2 samples, 1 of
-# conv3, at 2 or more samples 1.1-2x slower), and the least conv batch the unfolding aims for.
+# chunk, which are the conv's kernel (1.25 MiB stays in this Xeon's 2 MiB L2: 2 samples of HybridSN's
+# conv1/conv2, 1 of conv3, whose conv runs 1.4x / 2.6x slower at 2 / 4), and the least conv batch
+# (unfolded taps times C_in) the unfolding aims for.
 KERNEL_GRAD_CHUNK_BYTES = 5 << 18
 KERNEL_GRAD_MIN_BATCH = 16
 # Output depths per block of the depth-Toeplitz 3D conv (few input channels, e.g. HybridSN's conv1).
@@ -483,12 +487,13 @@ def _conv_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padd
     dK[t, c, o] = sum over samples and positions p of x[p + t, c] * grad[p, o] is itself a
     convolution: the output gradient is its kernel (its output channels are the conv's C_out), the
     input its image, the conv's output the taps. Run as one directly (all axes spatial) oneDNN is
-    3x slower than GEMMs, so the trailing spatial axes are unfolded (their taps times C_in become the
+    3x slower than GEMMs, so trailing spatial axes are unfolded (their taps times C_in become the
     conv's batch, their output positions times the chunk's samples its input channels): the last,
-    and more while that batch is below ``KERNEL_GRAD_MIN_BATCH``; the first stays spatial. The unfolded copies are
-    taps-times smaller than the GEMM formulation's, and ``KERNEL_GRAD_CHUNK_BYTES`` of output
-    gradient per chunk keep the conv's kernel in L2. HybridSN's conv1-conv3: 64/197/233 ms -> 48/
-    126/205 ms at batch 128 (docs/performance.md, ninth round).
+    and more while that batch is below ``KERNEL_GRAD_MIN_BATCH``; the first stays spatial. The
+    unfolded copies are taps-times smaller than the GEMM formulation's, and
+    ``KERNEL_GRAD_CHUNK_BYTES`` of output gradient per chunk keep the conv's kernel in L2.
+    HybridSN's conv1-conv3 at batch 128: 64/197/233 ms -> 48/126/205 ms (docs/performance.md,
+    ninth round).
     """
     spatial = x.ndim - 2
     if padding:
