@@ -52,15 +52,17 @@ def _config(rank: int, taps: Sequence[int], padding: Sequence[int], strides: int
 
 
 def convolution(x: jax.Array, kernel: jax.Array, padding: Sequence[int], strides: int = 1,
-                groups: int = 1, bias: jax.Array | None = None, relu: bool = False) -> jax.Array:
+                groups: int = 1, bias: jax.Array | None = None, relu: bool = False,
+                out_dtype: jnp.dtype | None = None) -> jax.Array:
     """Convolution of channels-last ``x`` (N, *spatial, C_in) with a (*taps, C_in / groups, C_out)
     kernel, zero-padded by ``padding[i]`` on both sides of spatial axis i; 1-3 spatial axes.
     ``groups == C_in == C_out`` is a depthwise convolution. ``bias`` (C_out,) and a ``relu`` after
-    it are applied inside oneDNN's kernel, saving XLA a pass over the output."""
+    it are applied inside oneDNN's kernel, saving XLA a pass over the output. float32 or bfloat16
+    operands (oneDNN accumulates in float32); the result is ``out_dtype`` (default ``x.dtype``)."""
     spatial = x.ndim - 2
     taps = kernel.shape[:spatial]
     out_sizes = tuple((x.shape[1 + i] + 2 * padding[i] - taps[i]) // strides + 1 for i in range(spatial))
-    out = jax.ShapeDtypeStruct((x.shape[0], *out_sizes, kernel.shape[-1]), x.dtype)
+    out = jax.ShapeDtypeStruct((x.shape[0], *out_sizes, kernel.shape[-1]), out_dtype or x.dtype)
     post_ops = ["BIAS"] * (bias is not None) + ["RELU"] * relu
     call = jax.ffi.ffi_call(TARGET, out, custom_call_api_version=1, vmap_method="sequential",
                             legacy_backend_config=_config(x.ndim, taps, padding, strides, groups, post_ops))
@@ -78,24 +80,31 @@ def input_gradient(grad: jax.Array, kernel: jax.Array, padding: Sequence[int], g
     return convolution(grad, flipped, [t - 1 - p for t, p in zip(kernel.shape[:spatial], padding)], 1, groups)
 
 
-def matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: bool = False) -> jax.Array:
-    """``a @ b`` for 2D float32 arrays, by oneDNN's matmul; ``transpose_a`` / ``transpose_b`` take
-    ``a.T`` / ``b.T`` instead (no copy).
+def matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: bool = False,
+           out_dtype: jnp.dtype | None = None) -> jax.Array:
+    """``a @ b`` for 2D float32 or bfloat16 arrays, by oneDNN's matmul, the result ``out_dtype``
+    (default ``a.dtype``); ``transpose_a`` / ``transpose_b`` take ``a.T`` / ``b.T`` instead (no copy).
 
     At the shapes of the convolutions' kernel gradients (long contraction, small output) it runs
     25 % faster than XLA's dot here (docs/performance.md, eighth round)."""
     rows = a.shape[1] if transpose_a else a.shape[0]
     cols = b.shape[0] if transpose_b else b.shape[1]
-    out = jax.ShapeDtypeStruct((rows, cols), a.dtype)
+    out = jax.ShapeDtypeStruct((rows, cols), out_dtype or a.dtype)
     config = json.dumps({"onednn_matmul_config": {"transpose_a": transpose_a, "transpose_b": transpose_b}})
     return jax.ffi.ffi_call(MATMUL_TARGET, out, custom_call_api_version=1, vmap_method="sequential",
                             legacy_backend_config=config)(a, b)
 
 
+def available(dtype: jnp.dtype = jnp.float32) -> bool:
+    """Whether the default backend runs ``convolution`` and ``matmul`` on ``dtype`` operands
+    (float32 or bfloat16; compiled and checked once per process and dtype)."""
+    return _available(jnp.dtype(dtype).name)
+
+
 @functools.cache
-def available() -> bool:
-    """Whether the default backend runs ``convolution`` and ``matmul`` (compiled and checked once
-    per process)."""
+def _available(dtype: str) -> bool:
+    if dtype not in ("float32", "bfloat16"):
+        return False
     if os.environ.get(DISABLE_ENV, "") not in ("", "0") or jax.default_backend() != "cpu":
         return False
     if jax.device_count() > 1:
@@ -105,11 +114,15 @@ def available() -> bool:
         # understood, several devices keep the GEMM formulations (docs/performance.md).
         return False
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 5, 6, 3)).astype(np.float32)
-    kernel = rng.standard_normal((3, 3, 3, 4)).astype(np.float32)
+    # Values bfloat16 holds exactly, so both dtypes are checked against the same float32 sums
+    # (NumPy throughout: this may first run while a caller is being traced).
+    x = rng.standard_normal((2, 5, 6, 3)).astype(jnp.bfloat16).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 3, 4)).astype(jnp.bfloat16).astype(np.float32)
 
     def probe(x, kernel):
-        return convolution(x, kernel, (1, 1)), matmul(x.reshape(-1, 3), x.reshape(-1, 3), transpose_a=True)
+        x, kernel = x.astype(dtype), kernel.astype(dtype)
+        return (convolution(x, kernel, (1, 1), out_dtype=jnp.float32),
+                matmul(x.reshape(-1, 3), x.reshape(-1, 3), transpose_a=True, out_dtype=jnp.float32))
 
     # Compiled ahead and fed NumPy arrays, so that a first call from inside a trace runs for real.
     try:

@@ -117,8 +117,9 @@ def test_batchnorm_folded_at_inference_matches_the_reference():
 
 @pytest.mark.parametrize("name", ["hybridsn", "hybridsn_bn"])
 def test_hybridsn_gradients_match_the_reference_path(name):
-    # The fast path's custom gradients (oneDNN input gradients, GEMM kernel gradients, the ReLU
-    # fused into the convs of the variant without BatchNorm) against autodiff of XLA's convolutions.
+    # The fast path's custom gradients (oneDNN input and kernel gradients, conv4's kernel gradient
+    # by GEMMs, the ReLU fused into the convs of the variant without BatchNorm) against autodiff of
+    # XLA's convolutions.
     x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 25, 25, 30), np.float32))
     fast, reference = models.create(name), models.create(name, conv_impl="reference")
     variables = fast.init(jax.random.key(0), x, train=False)
@@ -137,3 +138,67 @@ def test_hybridsn_gradients_match_the_reference_path(name):
     scale = max(float(jnp.max(jnp.abs(w))) for w in want_by_path.values())
     for path, g in jax.tree_util.tree_leaves_with_path(got):
         np.testing.assert_allclose(g, want_by_path[path], rtol=1e-4, atol=1e-5 * scale, err_msg=str(path))
+
+
+needs_onednn_bf16 = pytest.mark.skipif(not onednn.available(jnp.bfloat16),
+                                       reason="XLA's CPU runtime here has no bfloat16 oneDNN custom calls")
+
+
+@needs_onednn_bf16
+@pytest.mark.parametrize("case", ["conv3d", "depthwise", "pointwise"])
+def test_bfloat16_layers_match_float32_on_the_rounded_inputs(case):
+    # bfloat16 operands, float32 accumulation: values and both gradients within bfloat16's
+    # rounding of the float32 results computed from the same (rounded) inputs.
+    from lightnets_jax.models import layers
+    x_shape, k_shape, padding, conv, reference = {
+        "conv3d": ((3, 7, 8, 6, 8), (3, 3, 3, 8, 16), 0,
+                   lambda x, k: layers.conv_fast(x, k, 1, 0, train=True, bias=jnp.ones(16, x.dtype), relu=True),
+                   lambda x, k: jax.nn.relu(layers._conv(x, k, 1, 0, groups=1) + 1)),
+        "depthwise": ((4, 9, 8, 16), (3, 3, 1, 16), 1,
+                      lambda x, k: layers.depthwise_conv_fast(x, k, 1, 1),
+                      lambda x, k: layers._conv(x, k, 1, 1, groups=16)),
+        "pointwise": ((4, 6, 6, 16), (1, 1, 16, 32), 0,
+                      lambda x, k: layers.conv_fast(x, k, 1, 0, train=True),
+                      lambda x, k: layers._conv(x, k, 1, 0, groups=1)),
+    }[case]
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(x_shape, np.float32)).astype(jnp.bfloat16)
+    k = jnp.asarray(rng.standard_normal(k_shape, np.float32) * 0.3).astype(jnp.bfloat16)
+
+    def value_and_grads(f, x, k):
+        y, vjp = jax.vjp(f, x, k)
+        weights = jnp.asarray(np.random.default_rng(1).standard_normal(y.shape, np.float32)).astype(y.dtype)
+        return (y, *vjp(weights))
+
+    text = jax.jit(lambda x, k: value_and_grads(conv, x, k)).lower(x, k).compile().as_text()
+    assert "__onednn$" in text and " convolution(" not in text
+    got = jax.jit(lambda x, k: value_and_grads(conv, x, k))(x, k)
+    want = jax.jit(lambda x, k: value_and_grads(reference, x, k))(x.astype(jnp.float32), k.astype(jnp.float32))
+    for g, w in zip(got, want):
+        assert g.dtype == jnp.bfloat16
+        np.testing.assert_allclose(g.astype(jnp.float32), w, rtol=2e-2, atol=2e-2 * float(jnp.max(jnp.abs(w))))
+
+
+@needs_onednn_bf16
+def test_bfloat16_hybridsn_trains_on_onednn_close_to_float32():
+    # dtype=bfloat16 used to run XLA's bfloat16 GEMMs (4.4x slower than float32 for HybridSN here);
+    # it now compiles to oneDNN's calls, logits and gradients within a few bfloat16 roundings of
+    # the float32 reference path's.
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 25, 25, 30), np.float32))
+    fast, reference = models.create("hybridsn", dtype=jnp.bfloat16), models.create("hybridsn", conv_impl="reference")
+    variables = reference.init(jax.random.key(0), x, train=False)
+
+    def grads(model):
+        def loss(params):
+            logits = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(1)})
+            return jnp.sum(logits * jnp.arange(logits.shape[-1])), logits
+        return jax.grad(loss, has_aux=True)(variables["params"])
+
+    text = jax.jit(lambda: grads(fast)).lower().compile().as_text()
+    assert text.count('custom_call_target="__onednn$convolution"') == 10 and " convolution(" not in text
+    (got, logits), (want, want_logits) = jax.jit(lambda: grads(fast))(), jax.jit(lambda: grads(reference))()
+    np.testing.assert_allclose(logits, want_logits, rtol=0, atol=2e-2 * float(jnp.max(jnp.abs(want_logits))))
+    scale = max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(want))
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert g.dtype == jnp.float32
+        np.testing.assert_allclose(g, w, rtol=0, atol=3e-2 * scale)

@@ -239,9 +239,10 @@ def depthwise_conv_fast(x: Array, kernel: Array, strides: int, padding: int) -> 
 
 
 def _onednn_takes(x: Array, kernel: Array) -> bool:
-    """Whether the oneDNN paths run these operands: float32 (what was measured and what the custom
-    calls are checked with) on a runtime that has them."""
-    return x.dtype == jnp.float32 and kernel.dtype == jnp.float32 and onednn.available()
+    """Whether the oneDNN paths run these operands: float32, or bfloat16 (``dtype=jnp.bfloat16``;
+    AMX on CPUs that have it), on a runtime whose custom calls pass the check for that dtype.
+    Kernel gradients are accumulated in float32 either way."""
+    return x.dtype == kernel.dtype and onednn.available(x.dtype)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -404,7 +405,8 @@ def _onednn_pointwise_bwd(residuals, grad):
     x, kernel = residuals
     rows, grad_rows = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
     grad_x = onednn.matmul(grad_rows, kernel.reshape(kernel.shape[-2:]), transpose_b=True).reshape(x.shape)
-    return grad_x, onednn.matmul(rows, grad_rows, transpose_a=True).reshape(kernel.shape)
+    grad_kernel = onednn.matmul(rows, grad_rows, transpose_a=True, out_dtype=jnp.float32)
+    return grad_x, grad_kernel.reshape(kernel.shape).astype(kernel.dtype)
 
 
 _onednn_pointwise.defvjp(_onednn_pointwise_fwd, _onednn_pointwise_bwd)
@@ -514,7 +516,8 @@ def _conv_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padd
         image = jnp.stack(windows).reshape(len(windows) * cin, *(x.shape[1 + a] for a in kept), -1)
         weights = jnp.transpose(grad_chunk, [*(1 + a for a in kept), 0, *(1 + a for a in unfolded), spatial + 1])
         weights = weights.reshape(*(out_sizes[a] for a in kept), -1, cout)
-        return onednn.convolution(image, weights, (0,) * len(kept))  # (unfolded taps · C_in, *kept taps, C_out)
+        # (unfolded taps · C_in, *kept taps, C_out)
+        return onednn.convolution(image, weights, (0,) * len(kept), out_dtype=jnp.float32)
 
     per_sample = math.prod(grad.shape[1:]) * grad.dtype.itemsize
     chunk = math.gcd(x.shape[0], 1 << max(0, (KERNEL_GRAD_CHUNK_BYTES // per_sample).bit_length() - 1))
@@ -545,7 +548,8 @@ def _unfold_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], pa
             x_chunk = fold_depth(x_chunk)
         cols = _unfold_trailing(x_chunk, rest, out_sizes)
         shifted = _shifted_taps(grad_chunk, out_sizes[0], first)
-        return onednn.matmul(cols.reshape(-1, cols.shape[-1]), shifted.reshape(-1, first * cout), transpose_a=True)
+        return onednn.matmul(cols.reshape(-1, cols.shape[-1]), shifted.reshape(-1, first * cout), transpose_a=True,
+                             out_dtype=jnp.float32)
 
     chunk = math.gcd(x.shape[0], UNFOLD_CHUNK)
     total = _sum_over_chunks(per_chunk, x, grad, chunk, (math.prod(rest) * cin, first * cout))
