@@ -28,7 +28,7 @@ def _train(args) -> int:
         cube_key=args.cube_key, gt_key=args.gt_key, pca_components=args.pca_components, pca_fit=args.pca_fit,
         patch_size=args.patch_size, split=args.split, test_ratio=args.test_ratio, per_class=args.per_class,
         split_seed=args.split_seed, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
-        init_scheme=args.init, optimizer=optimizer, predict_map=not args.no_map,
+        init_scheme=args.init, optimizer=optimizer, predict_map=not args.no_map, bf16=args.bf16 or None,
     )
     workdir = Path(args.workdir or f"runs/{args.model}_{config.scene}_seed{config.seed}")
     report = hyperspectral.train(config, workdir, resume=args.resume)

@@ -33,6 +33,16 @@ def _config(scene_files, epochs=2):
     )
 
 
+def test_bf16_config_builds_a_bfloat16_model(scene_files):
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    config = dataclasses.replace(_config(scene_files), bf16=True)
+    assert hyperspectral.build_model(config, 3).dtype == jnp.bfloat16
+    assert hyperspectral.build_model(_config(scene_files), 3).dtype is None
+
+
 def test_train_resume_and_evaluate_reproduce(scene_files, tmp_path):
     straight = hyperspectral.train(_config(scene_files), tmp_path / "straight", log=lambda *_: None)
     assert 0 <= straight["overall_accuracy"] <= 100 and len(straight["per_class_accuracy"]) == 3

@@ -51,6 +51,7 @@ class HSIConfig:
     optimizer: engine.OptimizerConfig = engine.OptimizerConfig()
     label_smoothing: float = 0.0
     conv_impl: str = "fast"
+    bf16: bool = False  # bfloat16 compute, float32 parameters
     predict_map: bool = True
 
     @classmethod
@@ -108,7 +109,8 @@ def prepare(config: HSIConfig) -> Prepared:
 
 def build_model(config: HSIConfig, num_classes: int):
     return models.create(config.model, num_classes=num_classes, patch_size=config.patch_size,
-                         bands=config.pca_components, init_scheme=config.init_scheme, conv_impl=config.conv_impl)
+                         bands=config.pca_components, init_scheme=config.init_scheme, conv_impl=config.conv_impl,
+                         dtype=jnp.bfloat16 if config.bf16 else None)
 
 
 def _initial_state(config: HSIConfig, prepared: Prepared, steps_per_epoch: int) -> engine.TrainState:
