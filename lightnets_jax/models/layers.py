@@ -376,10 +376,11 @@ def conv_fast(x: Array, kernel: Array, strides: int, padding: int, train: bool =
     """The fast convolution (plus ``bias``, then ReLU if ``relu``): oneDNN's where XLA's CPU runtime
     has it (``onednn``), else GEMMs.
 
-    oneDNN takes stride-1 float32 convolutions: with more than one tap (every HybridSN conv) as a
-    convolution with the bias and ReLU fused in, forward and input gradient, its kernel gradient
-    from GEMMs (``_onednn_conv``); 1x1 ones as matmuls (``_onednn_pointwise``). Strided
-    convolutions, other dtypes and other backends use ``conv_gemm``.
+    oneDNN takes stride-1 float32 or bfloat16 convolutions: with more than one tap (every HybridSN
+    conv) as a convolution with the bias and ReLU fused in, forward and input gradient, its kernel
+    gradient from oneDNN convolutions (3D) or GEMMs (2D) (``_onednn_conv``); 1x1 ones as matmuls
+    (``_onednn_pointwise``). Strided convolutions, other dtypes and other backends use
+    ``conv_gemm``.
     """
     spatial = x.ndim - 2
     if strides == 1 and _onednn_takes(x, kernel):
@@ -424,9 +425,9 @@ def _onednn_conv_fwd(x, kernel, bias, padding, relu):
 
 def _onednn_conv_bwd(padding, relu, residuals, grad):
     # Input gradient: another oneDNN convolution (XLA drops it when nobody needs it, e.g. for the
-    # network's input). Kernel gradient: oneDNN's forward primitive computes it 3x slower than
-    # GEMMs (docs/performance.md, eighth round), so the unfold formulation's GEMMs give it, or
-    # autodiff of ``conv_gemm`` for thin contractions (HybridSN's conv1, RGB stems).
+    # network's input). Kernel gradient: in 3D oneDNN convolutions over partly unfolded input
+    # (``_conv_kernel_grad``); in 2D the unfold formulation's GEMMs, or autodiff of ``conv_gemm``
+    # for thin contractions (RGB stems), which measured faster there (docs/performance.md).
     x, kernel, has_bias, y = residuals
     if relu:
         grad = jnp.where(y > 0, grad, 0)
