@@ -8,8 +8,9 @@ them with ``jax.ffi.ffi_call``. At HybridSN's shapes the convolution runs as fas
 2-2.5x faster than the GEMM formulations in ``models/layers.py`` (docs/performance.md, eighth round).
 
 The convolution is a forward (inference) primitive only: the layers get the input gradient from
-it as a convolution of the output gradient with the flipped kernel, and the kernel gradient from
-GEMMs over unfolded patches, run by ``matmul``. ``available()`` compiles and runs a tiny program
+it as a convolution of the output gradient with the flipped kernel, and the kernel gradient as
+another convolution (3D, the output gradient as its kernel) or from GEMMs over unfolded patches,
+run by ``matmul`` (2D). ``available()`` compiles and runs a tiny program
 to find out whether this jaxlib, on this backend, has both (False off CPU, on builds without
 oneDNN, with more than one device, and when ``LIGHTNETS_NO_ONEDNN=1`` is set).
 """

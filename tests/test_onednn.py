@@ -13,6 +13,7 @@ import pytest
 from jax import lax
 
 from lightnets_jax import models, onednn
+from lightnets_jax.models import layers
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_onednn = pytest.mark.skipif(not onednn.available(), reason="XLA's CPU runtime here has no oneDNN")
@@ -149,7 +150,6 @@ needs_onednn_bf16 = pytest.mark.skipif(not onednn.available(jnp.bfloat16),
 def test_bfloat16_layers_match_float32_on_the_rounded_inputs(case):
     # bfloat16 operands, float32 accumulation: values and both gradients within bfloat16's
     # rounding of the float32 results computed from the same (rounded) inputs.
-    from lightnets_jax.models import layers
     x_shape, k_shape, padding, conv, reference = {
         "conv3d": ((3, 7, 8, 6, 8), (3, 3, 3, 8, 16), 0,
                    lambda x, k: layers.conv_fast(x, k, 1, 0, train=True, bias=jnp.ones(16, x.dtype), relu=True),

@@ -230,9 +230,9 @@ DEPTHWISE_GRAD_CHUNK_BYTES = 1 << 20
 
 
 def depthwise_conv_fast(x: Array, kernel: Array, strides: int, padding: int) -> Array:
-    """oneDNN's depthwise convolution where XLA's CPU runtime has it (float32), else the shifted
-    multiply-adds (``depthwise_conv_shifted``); both take the kernel gradient from
-    ``_depthwise_kernel_grad``."""
+    """oneDNN's depthwise convolution where XLA's CPU runtime takes these operands
+    (``_onednn_takes``), else the shifted multiply-adds (``depthwise_conv_shifted``); both take the
+    kernel gradient from ``_depthwise_kernel_grad``."""
     if _onednn_takes(x, kernel):
         return _depthwise_onednn(x, kernel, strides, padding)
     return depthwise_conv_shifted(x, kernel, strides, padding)
@@ -323,8 +323,7 @@ def _depthwise_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...],
     """
     kh, kw = kernel_shape[:2]
     batch = x.shape[0]
-    per_sample = math.prod(x.shape[1:]) * x.dtype.itemsize
-    chunk = math.gcd(batch, 1 << max(0, (DEPTHWISE_GRAD_CHUNK_BYTES // per_sample).bit_length() - 1))
+    chunk = _chunk_samples(x, DEPTHWISE_GRAD_CHUNK_BYTES)
     if jax.default_backend() != "cpu":
         chunk = batch
 
@@ -334,6 +333,13 @@ def _depthwise_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...],
 
     total = _sum_over_chunks(per_chunk, x, grad, chunk, (kh * kw, x.shape[-1]))
     return total.reshape(kernel_shape).astype(x.dtype)
+
+
+def _chunk_samples(array: Array, budget_bytes: int) -> int:
+    """Samples per chunk: the largest power of two whose samples of ``array`` fit in
+    ``budget_bytes`` (at least one), made to divide the batch."""
+    per_sample = math.prod(array.shape[1:]) * array.dtype.itemsize
+    return math.gcd(array.shape[0], 1 << max(0, (budget_bytes // per_sample).bit_length() - 1))
 
 
 def _sum_over_chunks(per_chunk: Callable[[Array, Array], Array], x: Array, grad: Array, chunk: int,
@@ -429,10 +435,8 @@ def _onednn_conv_bwd(padding, relu, residuals, grad):
     # (``_conv_kernel_grad``); in 2D the unfold formulation's GEMMs, or autodiff of ``conv_gemm``
     # for thin contractions (RGB stems), which measured faster there (docs/performance.md).
     x, kernel, has_bias, y = residuals
-    if relu:
-        grad = jnp.where(y > 0, grad, 0)
+    grad, grad_bias = _through_relu_and_bias(grad, y, has_bias)
     spatial = x.ndim - 2
-    grad_bias = jnp.sum(grad, axis=tuple(range(grad.ndim - 1))) if has_bias else None
     grad_x = onednn.input_gradient(grad, kernel, (padding,) * spatial)
     if spatial == 3:
         return grad_x, _conv_kernel_grad(x, grad, kernel.shape, padding), grad_bias
@@ -445,6 +449,14 @@ def _onednn_conv_bwd(padding, relu, residuals, grad):
 _onednn_conv.defvjp(_onednn_conv_fwd, _onednn_conv_bwd)
 
 
+def _through_relu_and_bias(grad: Array, y: Array | None, has_bias: bool) -> tuple[Array, Array | None]:
+    """The gradient before a fused ReLU (``y``, its saved output, None without one) and the bias
+    gradient (the sum over every axis but the channels), for the oneDNN convolutions' VJPs."""
+    if y is not None:
+        grad = jnp.where(y > 0, grad, 0)
+    return grad, jnp.sum(grad, axis=tuple(range(grad.ndim - 1))) if has_bias else None
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _onednn_depth_folded(x: Array, kernel: Array, bias: Array | None, padding: int, relu: bool) -> Array:
     """``conv_fast(fold_depth(x), kernel, ...)`` without moving ``x``: a 3D convolution whose kernel
@@ -452,7 +464,8 @@ def _onednn_depth_folded(x: Array, kernel: Array, bias: Array | None, padding: i
     and input gradient by oneDNN; the kernel gradient by the folded 2D conv's GEMMs, each chunk
     folded as it is taken. Saves HybridSN's conv4 two whole-batch transposes (forward, and the
     input gradient back) and the kernel gradient's copy of the folded input (docs/performance.md)."""
-    return _depth_folded_forward(x, kernel, bias, padding, relu)
+    y = onednn.convolution(x, _depth_kernel(x, kernel), (0, padding, padding), bias=bias, relu=relu)
+    return y.reshape(y.shape[0], *y.shape[2:])
 
 
 def _depth_kernel(x: Array, kernel: Array) -> Array:
@@ -462,21 +475,14 @@ def _depth_kernel(x: Array, kernel: Array) -> Array:
     return jnp.transpose(kernel.reshape(kh, kw, channels, depth, features), (3, 0, 1, 2, 4))
 
 
-def _depth_folded_forward(x, kernel, bias, padding, relu):
-    y = onednn.convolution(x, _depth_kernel(x, kernel), (0, padding, padding), bias=bias, relu=relu)
-    return y.reshape(y.shape[0], *y.shape[2:])
-
-
 def _onednn_depth_folded_fwd(x, kernel, bias, padding, relu):
-    y = _depth_folded_forward(x, kernel, bias, padding, relu)
+    y = _onednn_depth_folded(x, kernel, bias, padding, relu)
     return y, (x, kernel, bias is not None, y if relu else None)
 
 
 def _onednn_depth_folded_bwd(padding, relu, residuals, grad):
     x, kernel, has_bias, y = residuals
-    if relu:
-        grad = jnp.where(y > 0, grad, 0)
-    grad_bias = jnp.sum(grad, axis=(0, 1, 2)) if has_bias else None
+    grad, grad_bias = _through_relu_and_bias(grad, y, has_bias)
     grad_x = onednn.input_gradient(grad[:, None], _depth_kernel(x, kernel), (0, padding, padding))
     return grad_x, _unfold_kernel_grad(x, grad, kernel.shape, padding, folded=True), grad_bias
 
@@ -520,8 +526,7 @@ def _conv_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padd
         # (unfolded taps · C_in, *kept taps, C_out)
         return onednn.convolution(image, weights, (0,) * len(kept), out_dtype=jnp.float32)
 
-    per_sample = math.prod(grad.shape[1:]) * grad.dtype.itemsize
-    chunk = math.gcd(x.shape[0], 1 << max(0, (KERNEL_GRAD_CHUNK_BYTES // per_sample).bit_length() - 1))
+    chunk = _chunk_samples(grad, KERNEL_GRAD_CHUNK_BYTES)
     total_shape = (math.prod(kernel_shape[a] for a in unfolded) * cin, *(kernel_shape[a] for a in kept), cout)
     total = _sum_over_chunks(per_chunk, x, grad, chunk, total_shape)
     total = total.reshape(*(kernel_shape[a] for a in unfolded), cin, *(kernel_shape[a] for a in kept), cout)
