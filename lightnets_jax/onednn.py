@@ -31,7 +31,7 @@ MATMUL_TARGET = "__onednn$matmul"
 DISABLE_ENV = "LIGHTNETS_NO_ONEDNN"
 
 
-def _config(rank: int, taps: Sequence[int], padding: Sequence[int], strides: int, groups: int,
+def _config(rank: int, taps: Sequence[int], padding: Sequence[int], strides: Sequence[int], groups: int,
             post_ops: Sequence[str] = ()) -> str:
     """The ``BackendConfig`` JSON of a convolution over channels-last (N, *spatial, C) input and
     output and a (*taps, C_in / groups, C_out) kernel, then ``post_ops`` ("BIAS": add the third
@@ -46,23 +46,25 @@ def _config(rank: int, taps: Sequence[int], padding: Sequence[int], strides: int
                                             "spatial_dims": list(range(spatial))}},
         "output": {"dims": rank, "data": data},
         "window": {"size": list(taps), "pad_left": list(padding), "pad_right": list(padding),
-                   "strides": [strides] * spatial, "window_dilations": [1] * spatial},
+                   "strides": list(strides), "window_dilations": [1] * spatial},
         "feature_groups": groups,
         "fusions": {"ops": list(post_ops)},
     }})
 
 
-def convolution(x: jax.Array, kernel: jax.Array, padding: Sequence[int], strides: int = 1,
+def convolution(x: jax.Array, kernel: jax.Array, padding: Sequence[int], strides: int | Sequence[int] = 1,
                 groups: int = 1, bias: jax.Array | None = None, relu: bool = False,
                 out_dtype: jnp.dtype | None = None) -> jax.Array:
     """Convolution of channels-last ``x`` (N, *spatial, C_in) with a (*taps, C_in / groups, C_out)
-    kernel, zero-padded by ``padding[i]`` on both sides of spatial axis i; 1-3 spatial axes.
+    kernel, zero-padded by ``padding[i]`` on both sides of spatial axis i and strided by
+    ``strides`` (one for every axis, or one per axis); 1-3 spatial axes.
     ``groups == C_in == C_out`` is a depthwise convolution. ``bias`` (C_out,) and a ``relu`` after
     it are applied inside oneDNN's kernel, saving XLA a pass over the output. float32 or bfloat16
     operands (oneDNN accumulates in float32); the result is ``out_dtype`` (default ``x.dtype``)."""
     spatial = x.ndim - 2
     taps = kernel.shape[:spatial]
-    out_sizes = tuple((x.shape[1 + i] + 2 * padding[i] - taps[i]) // strides + 1 for i in range(spatial))
+    strides = (strides,) * spatial if isinstance(strides, int) else tuple(strides)
+    out_sizes = tuple((x.shape[1 + i] + 2 * padding[i] - taps[i]) // strides[i] + 1 for i in range(spatial))
     out = jax.ShapeDtypeStruct((x.shape[0], *out_sizes, kernel.shape[-1]), out_dtype or x.dtype)
     post_ops = ["BIAS"] * (bias is not None) + ["RELU"] * relu
     call = jax.ffi.ffi_call(TARGET, out, custom_call_api_version=1, vmap_method="sequential",
@@ -73,12 +75,43 @@ def convolution(x: jax.Array, kernel: jax.Array, padding: Sequence[int], strides
 def input_gradient(grad: jax.Array, kernel: jax.Array, padding: Sequence[int], groups: int = 1) -> jax.Array:
     """The gradient of ``convolution(x, kernel, padding, 1, groups)`` with respect to ``x`` (plain
     or depthwise): the output gradient convolved with the spatially flipped kernel, its in and out
-    channels swapped (a depthwise kernel keeps its shape)."""
+    channels swapped (a depthwise kernel keeps its shape). Fewer than 16 float32 input channels
+    go through ``_depth_packed``."""
     spatial = grad.ndim - 2
     flipped = jnp.flip(kernel, axis=tuple(range(spatial)))
-    if groups == 1:
-        flipped = flipped.swapaxes(-1, -2)
-    return convolution(grad, flipped, [t - 1 - p for t, p in zip(kernel.shape[:spatial], padding)], 1, groups)
+    padding = [t - 1 - p for t, p in zip(kernel.shape[:spatial], padding)]
+    if groups > 1:
+        return convolution(grad, flipped, padding, 1, groups)
+    flipped = flipped.swapaxes(-1, -2)
+    channels = flipped.shape[-1]
+    depth = grad.shape[1] + 2 * padding[0] - flipped.shape[0] + 1
+    if grad.dtype == jnp.float32 and 2 * channels == PACKED_CHANNELS and depth % 2 == 0:
+        return _depth_packed(grad, flipped, padding, 2)
+    return convolution(grad, flipped, padding)
+
+
+# float32 lanes of an AVX-512 register: oneDNN's kernels block output channels by 16, and a
+# convolution with 8 runs at half speed (HybridSN's conv2 input gradient: 100 ms against 42 for
+# its forward, which has 16).
+PACKED_CHANNELS = 16
+
+
+def _depth_packed(x: jax.Array, kernel: jax.Array, padding: Sequence[int], pack: int) -> jax.Array:
+    """``convolution(x, kernel, padding)`` for a kernel with few output channels C, as one with
+    ``pack`` * C: output depths d = pack * e + j, j < pack, computed together as channel group j of
+    output depth e, by a kernel ``pack - 1`` taps deeper (group j's taps shifted by j, zeros around
+    them) strided by ``pack`` along the depth. ``pack`` - 1 extra taps of multiply-adds on zeros,
+    and a transpose of the result (which XLA fuses into the consumer's pass, the ReLU mask here),
+    for full-width vector kernels: HybridSN's conv2 input gradient 116 -> 78 ms with its ReLU mask
+    (docs/performance.md, tenth round). Depth divisible by ``pack``."""
+    taps = kernel.shape[0]
+    widths = [(0, 0)] * (kernel.ndim - 1)
+    packed = jnp.stack([jnp.pad(kernel, [(j, pack - 1 - j)] + widths) for j in range(pack)], axis=-2)
+    packed = packed.reshape(taps + pack - 1, *kernel.shape[1:-1], pack * kernel.shape[-1])
+    y = convolution(x, packed, padding, (pack,) + (1,) * (x.ndim - 3))
+    n, depth, *rest, channels = y.shape
+    y = jnp.moveaxis(y.reshape(n, depth, *rest, pack, kernel.shape[-1]), -2, 2)
+    return y.reshape(n, depth * pack, *rest, kernel.shape[-1])
 
 
 def matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: bool = False,

@@ -2,6 +2,7 @@
 
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,7 @@ CONVOLUTIONS = {
     "3d": ((2, 9, 7, 6, 3), (5, 3, 2, 3, 4), 0, 1, 1),
     "2d_strided": ((2, 9, 9, 3), (3, 3, 3, 4), 1, 2, 1),
     "depthwise": ((2, 8, 8, 6), (3, 3, 1, 6), 1, 1, 6),
+    "3d_strided_depth": ((2, 10, 7, 6, 3), (4, 3, 3, 3, 16), 1, (2, 1, 1), 1),
 }
 
 
@@ -58,11 +60,59 @@ def test_convolution_matches_xla(case):
     spatial = x.ndim - 2
     got = jax.jit(lambda x, k: onednn.convolution(x, k, (padding,) * spatial, stride, groups))(x, k)
     letters = "DHW"[-spatial:]
-    want = lax.conv_general_dilated(x, k, (stride,) * spatial, [(padding, padding)] * spatial,
+    strides = (stride,) * spatial if isinstance(stride, int) else stride
+    want = lax.conv_general_dilated(x, k, strides, [(padding, padding)] * spatial,
                                     dimension_numbers=(f"N{letters}C", f"{letters}IO", f"N{letters}C"),
                                     feature_group_count=groups, precision=lax.Precision.HIGHEST)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+# (output gradient shape, kernel shape, padding, pack): HybridSN's conv2 (8 input channels, the
+# case input_gradient packs), 4 channels in fours, a 2D kernel with a depth of one tap.
+PACKED = {
+    "conv2_like": ((2, 10, 7, 6, 16), (5, 3, 3, 8, 16), 0, 2),
+    "fours_padded": ((2, 8, 7, 6, 16), (3, 3, 3, 4, 16), 1, 4),
+    "2d_one_tap": ((2, 6, 5, 16), (1, 3, 8, 16), 0, 2),
+}
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", sorted(PACKED))
+def test_depth_packed_input_gradient_matches_autodiff(case):
+    grad_shape, k_shape, padding, pack = PACKED[case]
+    rng = np.random.default_rng(0)
+    grad = jnp.asarray(rng.standard_normal(grad_shape, np.float32))
+    k = jnp.asarray(rng.standard_normal(k_shape, np.float32))
+    spatial = grad.ndim - 2
+    letters = "DHW"[-spatial:]
+    x_shape = (grad_shape[0], *(g + t - 1 - 2 * padding for g, t in zip(grad_shape[1:-1], k_shape)), k_shape[-2])
+
+    def conv(x):
+        return lax.conv_general_dilated(x, k, (1,) * spatial, [(padding, padding)] * spatial,
+                                        dimension_numbers=(f"N{letters}C", f"{letters}IO", f"N{letters}C"),
+                                        precision=lax.Precision.HIGHEST)
+
+    _, vjp = jax.vjp(conv, jnp.zeros(x_shape, jnp.float32))
+    want = vjp(grad)[0]
+    flipped = jnp.flip(k, axis=tuple(range(spatial))).swapaxes(-1, -2)
+    pads = [t - 1 - padding for t in k_shape[:spatial]]
+    packed = jax.jit(lambda g, f: onednn._depth_packed(g, f, pads, pack))(grad, flipped)
+    np.testing.assert_allclose(packed, want, rtol=1e-4, atol=1e-4)
+    chosen = jax.jit(lambda g, k: onednn.input_gradient(g, k, (padding,) * spatial))(grad, k)
+    np.testing.assert_allclose(chosen, want, rtol=1e-4, atol=1e-4)
+
+
+@needs_onednn
+def test_input_gradient_packs_eight_channels_only():
+    def strides_of(grad_shape, k_shape):
+        grad, k = jnp.zeros(grad_shape, jnp.float32), jnp.zeros(k_shape, jnp.float32)
+        text = jax.jit(lambda g, k: onednn.input_gradient(g, k, (0, 0, 0))).lower(grad, k).as_text()
+        return len(re.findall(r"strides[^:]*: \[2, 1, 1\]", text))  # the config's JSON, escaped
+
+    assert strides_of((2, 10, 7, 6, 16), (5, 3, 3, 8, 16)) == 1
+    assert strides_of((2, 10, 7, 6, 16), (5, 3, 3, 16, 16)) == 0
+    assert strides_of((2, 9, 7, 6, 16), (5, 3, 3, 8, 16)) == 0  # odd output depth: not packed
 
 
 @needs_onednn
