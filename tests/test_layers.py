@@ -74,9 +74,10 @@ def test_conv_fast_matches_xla_convolution_and_its_gradients(case):
 
 
 # (input shape, kernel shape, padding, chunk bytes) for ``_conv_kernel_grad``: one input channel
-# (two axes unfolded), several (one), padding, and chunks of 1, 2 (batch 6, 4 samples' budget) and
-# the whole batch.
+# (two axes unfolded), several (one), padding, chunks of 1, 2 (batch 6, 4 samples' budget) and
+# the whole batch, and kept axes put in order of taps (depth 4 after height 2, as conv2's 5 and 3).
 KERNEL_GRAD_CASES = {
+    "kept_axes_reordered": ((2, 9, 7, 6, 8), (4, 2, 3, 8, 4), 0, 1 << 30),
     "one_channel_chunk1": ((3, 11, 7, 6, 1), (4, 3, 2, 1, 5), 0, 16),
     "eight_channels_padded_chunk2": ((6, 6, 7, 5, 8), (3, 3, 3, 8, 4), 1, 4 * 6 * 7 * 5 * 4 * 4),
     "wide_whole_batch": ((4, 5, 6, 6, 20), (2, 2, 3, 20, 3), 1, 1 << 30),
