@@ -127,6 +127,20 @@ def test_depth_folded_conv_is_the_2d_conv_of_pytorchs_reshape(padding):
     _assert_same_values_and_gradients(apply(fast), apply(reference), x, params["kernel"])
 
 
+@needs_onednn
+@pytest.mark.parametrize("padding", [0, 1])
+def test_folded_kernel_grad_matches_autodiff_of_the_folded_2d_convolution(padding):
+    # Batch 4 in chunks of 2, a 3x2 kernel (unequal taps), padding.
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((4, 5, 7, 6, 3), np.float32))
+    k = jnp.asarray(rng.standard_normal((3, 2, 3 * 5, 4), np.float32))
+    y, vjp = jax.vjp(lambda k: layers._conv(layers.fold_depth(x), k, 1, padding, groups=1), k)
+    grad = jnp.asarray(rng.standard_normal(y.shape, np.float32))
+    expected = vjp(grad)[0]
+    got = jax.jit(lambda x, grad: layers._folded_kernel_grad(x, grad, k.shape, padding))(x, grad)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(expected))))
+
+
 def test_depth_folded_conv_names_the_shapes_it_needs():
     with pytest.raises(ValueError, match=r"\(3, 7, 6, 4\).*5D input"):
         layers.Conv(6, (3, 3), fold_depth=True).init(jax.random.key(0), jnp.zeros((3, 7, 6, 4)))

@@ -365,6 +365,9 @@ def _sum_over_chunks(per_chunk: Callable[[Array, Array], Array], x: Array, grad:
 # per-layer sums were within 1 %. The MobileNet stems' im2col infers 8 samples at a time.
 IM2COL_CHUNK = 8
 UNFOLD_CHUNK = 2
+# HybridSN's conv4 kernel gradient: 2 and 4 samples per matmul within noise of each other (0.937
+# / 0.931 s per training step); 2 holds half the copies.
+FOLDED_GRAD_CHUNK = 2
 # Smallest GEMM contraction worth the unfold-and-shift-add formulation (docs/performance.md).
 MIN_CONTRACTION = 64
 # The kernel gradient as oneDNN convolutions (``_conv_kernel_grad``): output-gradient bytes per
@@ -461,9 +464,9 @@ def _through_relu_and_bias(grad: Array, y: Array | None, has_bias: bool) -> tupl
 def _onednn_depth_folded(x: Array, kernel: Array, bias: Array | None, padding: int, relu: bool) -> Array:
     """``conv_fast(fold_depth(x), kernel, ...)`` without moving ``x``: a 3D convolution whose kernel
     spans the whole depth (its taps reordered from the folded channels), output depth 1. Forward
-    and input gradient by oneDNN; the kernel gradient by the folded 2D conv's GEMMs, each chunk
-    folded as it is taken. Saves HybridSN's conv4 two whole-batch transposes (forward, and the
-    input gradient back) and the kernel gradient's copy of the folded input (docs/performance.md)."""
+    and input gradient by oneDNN; the kernel gradient by ``_folded_kernel_grad``'s matmuls. Saves
+    HybridSN's conv4 two whole-batch transposes (forward, and the input gradient back) and the
+    kernel gradient's copy of the folded input (docs/performance.md)."""
     y = onednn.convolution(x, _depth_kernel(x, kernel), (0, padding, padding), bias=bias, relu=relu)
     return y.reshape(y.shape[0], *y.shape[2:])
 
@@ -484,7 +487,7 @@ def _onednn_depth_folded_bwd(padding, relu, residuals, grad):
     x, kernel, has_bias, y = residuals
     grad, grad_bias = _through_relu_and_bias(grad, y, has_bias)
     grad_x = onednn.input_gradient(grad[:, None], _depth_kernel(x, kernel), (0, padding, padding))
-    return grad_x, _unfold_kernel_grad(x, grad, kernel.shape, padding, folded=True), grad_bias
+    return grad_x, _folded_kernel_grad(x, grad, kernel.shape, padding), grad_bias
 
 
 _onednn_depth_folded.defvjp(_onednn_depth_folded_fwd, _onednn_depth_folded_bwd)
@@ -499,8 +502,9 @@ def _conv_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padd
     3x slower than GEMMs, so trailing spatial axes are unfolded (their taps times C_in become the
     conv's batch, their output positions times the chunk's samples its input channels): the last,
     and more while that batch is below ``KERNEL_GRAD_MIN_BATCH``; the first stays spatial, and the
-    kept axes go in order of taps. The unfolded copies are taps-times smaller than the GEMM formulation's, and
-    ``KERNEL_GRAD_CHUNK_BYTES`` of output gradient per chunk keep the conv's kernel in L2.
+    kept axes go in order of taps. The unfolded copies are taps-times smaller than the GEMM
+    formulation's, and ``KERNEL_GRAD_CHUNK_BYTES`` of output gradient per chunk keep the conv's
+    kernel in L2.
     HybridSN's conv1-conv3 at batch 128: 64/197/233 ms -> 48/126/205 ms (docs/performance.md,
     ninth round).
     """
@@ -537,23 +541,19 @@ def _conv_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padd
     return jnp.transpose(total, [order.index(a) for a in range(spatial)] + [len(unfolded), spatial + 1]).astype(x.dtype)
 
 
-def _unfold_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padding: int,
-                        folded: bool = False) -> Array:
+def _unfold_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padding: int) -> Array:
     """The kernel gradient of a stride-1 convolution as ``_unfold_shift_add``'s transpose, a few
     samples at a time: the input unfolded over the trailing spatial axes, the output gradient
     shifted once per first-axis tap, one oneDNN matmul (25 % faster than XLA's dot at HybridSN's
-    conv3/conv4 shapes) accumulated in float32. ``folded``: a 2D conv of ``fold_depth(x)``, each
-    chunk folded as it is taken."""
+    conv3/conv4 shapes) accumulated in float32."""
     spatial = grad.ndim - 2
     if padding:
-        x = jnp.pad(x, ((0, 0),) * (x.ndim - 1 - spatial) + ((padding, padding),) * spatial + ((0, 0),))
+        x = jnp.pad(x, ((0, 0),) + ((padding, padding),) * spatial + ((0, 0),))
     first, rest = kernel_shape[0], kernel_shape[1:spatial]
     cin, cout = kernel_shape[-2:]
     out_sizes = grad.shape[1:-1]
 
     def per_chunk(x_chunk, grad_chunk):
-        if folded:
-            x_chunk = fold_depth(x_chunk)
         cols = _unfold_trailing(x_chunk, rest, out_sizes)
         shifted = _shifted_taps(grad_chunk, out_sizes[0], first)
         return onednn.matmul(cols.reshape(-1, cols.shape[-1]), shifted.reshape(-1, first * cout), transpose_a=True,
@@ -563,6 +563,36 @@ def _unfold_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], pa
     total = _sum_over_chunks(per_chunk, x, grad, chunk, (math.prod(rest) * cin, first * cout))
     # Rows (*rest, C_in), columns (first, C_out), as ``_unfold_shift_add``'s matrix.
     return jnp.moveaxis(total.reshape(*rest, cin, first, cout), -2, 0).astype(x.dtype)
+
+
+def _folded_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padding: int) -> Array:
+    """The kernel gradient of a stride-1 2D convolution of ``fold_depth(x)``, one oneDNN matmul per
+    chunk of ``FOLDED_GRAD_CHUNK`` samples: rows are the (padded) input's positions, the input
+    (N, D, H, W, C) moved once to rows (N, H, W) by columns (D, C), and the output gradient shifted
+    by every tap, dK[(d, c), (a, b, o)] = sum x[n, d, h, w, c] * grad[n, h - a, w - b, o].
+
+    No unfolded copies of the input (the unfold-and-shift GEMMs wrote it twice: three windows,
+    then their concatenation) for 12 % more multiplications (rows over the input's 19 x 19
+    positions instead of 19 x 17): HybridSN's conv4 159 -> 141 ms (docs/performance.md, tenth round).
+    """
+    kh, kw, _, cout = kernel_shape
+    if padding:
+        x = jnp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding), (0, 0)))
+    _, depth, height, width, cin = x.shape
+
+    def per_chunk(x_chunk, grad_chunk):
+        rows = jnp.transpose(x_chunk, (0, 2, 3, 1, 4)).reshape(-1, depth * cin)
+        padded = jnp.pad(grad_chunk, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
+        # shifted[n, h, w, a, b, o] = grad[n, h - a, w - b, o], zero outside grad.
+        shifted = jnp.stack([padded[:, kh - 1 - a:kh - 1 - a + height, kw - 1 - b:kw - 1 - b + width]
+                             for a in range(kh) for b in range(kw)], axis=-2)
+        return onednn.matmul(rows, shifted.reshape(rows.shape[0], -1), transpose_a=True, out_dtype=jnp.float32)
+
+    chunk = math.gcd(x.shape[0], FOLDED_GRAD_CHUNK)
+    total = _sum_over_chunks(per_chunk, x, grad, chunk, (depth * cin, kh * kw * cout))
+    # (D, C, kh, kw, O) -> (kh, kw, C * D, O), the folded channel c * D + d.
+    total = jnp.transpose(total.reshape(depth, cin, kh, kw, cout), (2, 3, 1, 0, 4))
+    return total.reshape(kh, kw, cin * depth, cout).astype(x.dtype)
 
 
 def conv_gemm(x: Array, kernel: Array, strides: int, padding: int, train: bool = False) -> Array:
