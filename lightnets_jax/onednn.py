@@ -32,7 +32,7 @@ DISABLE_ENV = "LIGHTNETS_NO_ONEDNN"
 
 
 def _config(rank: int, taps: Sequence[int], padding: Sequence[int], strides: Sequence[int], groups: int,
-            post_ops: Sequence[str] = ()) -> str:
+            post_ops: Sequence[str] = (), dilations: Sequence[int] | None = None) -> str:
     """The ``BackendConfig`` JSON of a convolution over channels-last (N, *spatial, C) input and
     output and a (*taps, C_in / groups, C_out) kernel, then ``post_ops`` ("BIAS": add the third
     operand per channel, "RELU"). Axis numbers are 0-based, dilations 1-based
@@ -46,7 +46,7 @@ def _config(rank: int, taps: Sequence[int], padding: Sequence[int], strides: Seq
                                             "spatial_dims": list(range(spatial))}},
         "output": {"dims": rank, "data": data},
         "window": {"size": list(taps), "pad_left": list(padding), "pad_right": list(padding),
-                   "strides": list(strides), "window_dilations": [1] * spatial},
+                   "strides": list(strides), "window_dilations": list(dilations or [1] * spatial)},
         "feature_groups": groups,
         "fusions": {"ops": list(post_ops)},
     }})
@@ -54,21 +54,24 @@ def _config(rank: int, taps: Sequence[int], padding: Sequence[int], strides: Seq
 
 def convolution(x: jax.Array, kernel: jax.Array, padding: Sequence[int], strides: int | Sequence[int] = 1,
                 groups: int = 1, bias: jax.Array | None = None, relu: bool = False,
-                out_dtype: jnp.dtype | None = None) -> jax.Array:
+                out_dtype: jnp.dtype | None = None, dilations: Sequence[int] | None = None) -> jax.Array:
     """Convolution of channels-last ``x`` (N, *spatial, C_in) with a (*taps, C_in / groups, C_out)
-    kernel, zero-padded by ``padding[i]`` on both sides of spatial axis i and strided by
-    ``strides`` (one for every axis, or one per axis); 1-3 spatial axes.
+    kernel, zero-padded by ``padding[i]`` on both sides of spatial axis i, strided by ``strides``
+    (one for every axis, or one per axis) and its kernel taps ``dilations[i]`` apart (default 1,
+    adjacent); 1-3 spatial axes.
     ``groups == C_in == C_out`` is a depthwise convolution. ``bias`` (C_out,) and a ``relu`` after
     it are applied inside oneDNN's kernel, saving XLA a pass over the output. float32 or bfloat16
     operands (oneDNN accumulates in float32); the result is ``out_dtype`` (default ``x.dtype``)."""
     spatial = x.ndim - 2
     taps = kernel.shape[:spatial]
     strides = (strides,) * spatial if isinstance(strides, int) else tuple(strides)
-    out_sizes = tuple((x.shape[1 + i] + 2 * padding[i] - taps[i]) // strides[i] + 1 for i in range(spatial))
+    dilations = tuple(dilations or (1,) * spatial)
+    out_sizes = tuple((x.shape[1 + i] + 2 * padding[i] - (taps[i] - 1) * dilations[i] - 1) // strides[i] + 1
+                      for i in range(spatial))
     out = jax.ShapeDtypeStruct((x.shape[0], *out_sizes, kernel.shape[-1]), out_dtype or x.dtype)
     post_ops = ["BIAS"] * (bias is not None) + ["RELU"] * relu
     call = jax.ffi.ffi_call(TARGET, out, custom_call_api_version=1, vmap_method="sequential",
-                            legacy_backend_config=_config(x.ndim, taps, padding, strides, groups, post_ops))
+                            legacy_backend_config=_config(x.ndim, taps, padding, strides, groups, post_ops, dilations))
     return call(x, kernel) if bias is None else call(x, kernel, bias)
 
 

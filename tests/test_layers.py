@@ -75,8 +75,11 @@ def test_conv_fast_matches_xla_convolution_and_its_gradients(case):
 
 # (input shape, kernel shape, padding, chunk bytes) for ``_conv_kernel_grad``: one input channel
 # (two axes unfolded), several (one), padding, chunks of 1, 2 (batch 6, 4 samples' budget) and
-# the whole batch, and kept axes put in order of taps (depth 4 after height 2, as conv2's 5 and 3).
+# the whole batch, kept axes put in order of taps (depth 4 after height 2, as conv2's 5 and 3), and
+# 8 output channels, packed in pairs of positions (even output depth, as conv1's) or not (odd).
 KERNEL_GRAD_CASES = {
+    "eight_out_channels_packed": ((2, 9, 6, 5, 1), (4, 3, 2, 1, 8), 0, 1 << 30),
+    "eight_out_channels_odd_depth": ((2, 8, 6, 5, 2), (4, 3, 2, 2, 8), 0, 1 << 30),
     "kept_axes_reordered": ((2, 9, 7, 6, 8), (4, 2, 3, 8, 4), 0, 1 << 30),
     "one_channel_chunk1": ((3, 11, 7, 6, 1), (4, 3, 2, 1, 5), 0, 16),
     "eight_channels_padded_chunk2": ((6, 6, 7, 5, 8), (3, 3, 3, 8, 4), 1, 4 * 6 * 7 * 5 * 4 * 4),

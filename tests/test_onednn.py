@@ -68,6 +68,19 @@ def test_convolution_matches_xla(case):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@needs_onednn
+def test_dilated_convolution_matches_xla():
+    # Kernel taps 2 apart along the depth (the packed kernel gradients' convs), adjacent elsewhere.
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 11, 6, 5, 3), np.float32))
+    k = jnp.asarray(rng.standard_normal((4, 3, 2, 3, 16), np.float32))
+    got = jax.jit(lambda x, k: onednn.convolution(x, k, (0, 1, 0), dilations=(2, 1, 1)))(x, k)
+    want = lax.conv_general_dilated(x, k, (1, 1, 1), [(0, 0), (1, 1), (0, 0)], rhs_dilation=(2, 1, 1),
+                                    dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), precision=lax.Precision.HIGHEST)
+    assert got.shape == want.shape == (2, 5, 6, 4, 16)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 # (output gradient shape, kernel shape, padding, pack): HybridSN's conv2 (8 input channels, the
 # case input_gradient packs), 4 channels in fours, a 2D kernel with a depth of one tap.
 PACKED = {
