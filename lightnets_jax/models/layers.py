@@ -350,11 +350,14 @@ def _sum_over_chunks(per_chunk: Callable[[Array, Array], Array], x: Array, grad:
     A ``fori_loop`` slicing ``x`` and ``grad`` where they lie: a ``lax.scan`` over their
     (batch / chunk, chunk, ...) reshapes made XLA copy both whole arrays into the loop first; the
     training step is 1.4 % (HybridSN), 7 % (MobileNetV2) and 10 % (HybridSN-BN) faster without.
+    Unrolled twice: half the loop's per-iteration overhead (HybridSN's conv3 runs 128 iterations),
+    and XLA may copy one chunk while oneDNN works on the other: HybridSN's step 0.931 -> 0.909 s;
+    MobileNetV2 and HybridSN-BN within noise, 4 no better than 2 (docs/performance.md, tenth round).
     """
     def add_chunk(i, total):
         return total + per_chunk(lax.dynamic_slice_in_dim(x, i * chunk, chunk), lax.dynamic_slice_in_dim(grad, i * chunk, chunk))
 
-    return lax.fori_loop(0, x.shape[0] // chunk, add_chunk, jnp.zeros(shape, jnp.float32))
+    return lax.fori_loop(0, x.shape[0] // chunk, add_chunk, jnp.zeros(shape, jnp.float32), unroll=2)
 
 
 # Samples per chunk of the GEMM convolutions: unfolded patches of a whole batch take gigabytes
