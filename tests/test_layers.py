@@ -144,6 +144,20 @@ def test_folded_kernel_grad_matches_autodiff_of_the_folded_2d_convolution(paddin
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(expected))))
 
 
+@needs_onednn
+def test_dense_fast_is_onednns_matmul_and_matches_xlas_dot():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((5, 37), np.float32))
+    fast, reference = layers.Dense(6), layers.Dense(6, impl="reference")
+    params = fast.init(jax.random.key(0), x)["params"]
+    apply = lambda module: lambda x, k: module.apply({"params": {**params, "kernel": k}}, x)  # noqa: E731
+    _assert_same_values_and_gradients(apply(fast), apply(reference), x, params["kernel"])
+    text = jax.jit(jax.grad(lambda x: jnp.sum(apply(fast)(x, params["kernel"])))).lower(x).compile().as_text()
+    assert 'custom_call_target="__onednn$matmul"' in text
+    with pytest.raises(ValueError, match="dense impl"):
+        layers.Dense(6, impl="gemm").init(jax.random.key(0), x)
+
+
 def test_depth_folded_conv_names_the_shapes_it_needs():
     with pytest.raises(ValueError, match=r"\(3, 7, 6, 4\).*5D input"):
         layers.Conv(6, (3, 3), fold_depth=True).init(jax.random.key(0), jnp.zeros((3, 7, 6, 4)))

@@ -28,7 +28,9 @@ class HybridSN(nn.Module):
       dropout_rate: dropout before each hidden FC's ReLU, as the note orders it.
       batch_norm: add BatchNorm after each conv.
       init_scheme: ``"torch"`` (PyTorch defaults) or ``"glorot"`` (the paper's Keras code).
-      conv_impl: ``"fast"`` (im2col GEMMs) or ``"reference"`` (XLA convs) (same numbers).
+      conv_impl: ``"fast"`` (oneDNN's convs and matmuls where XLA's CPU runtime has them, else
+        GEMMs) or ``"reference"`` (XLA's convs and dots), for the convs and the FC layers alike
+        (same numbers).
       dtype: compute dtype; parameters stay float32.
     """
 
@@ -58,9 +60,13 @@ class HybridSN(nn.Module):
         out = self._conv_bn_relu(64, (3, 3), out, train, "conv4", fold_depth=True)
         out = jnp.transpose(out, (0, 3, 1, 2)).reshape(out.shape[0], -1)  # flatten as (C, H, W)
         dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
-        out = nn.relu(dropout(Dense(256, init_scheme=self.init_scheme, dtype=self.dtype, name="fc1")(out)))
-        out = nn.relu(dropout(Dense(128, init_scheme=self.init_scheme, dtype=self.dtype, name="fc2")(out)))
-        return Dense(self.num_classes, init_scheme=self.init_scheme, dtype=self.dtype, name="fc3")(out).astype(jnp.float32)
+
+        def dense(features: int, name: str) -> Dense:
+            return Dense(features, init_scheme=self.init_scheme, impl=self.conv_impl, dtype=self.dtype, name=name)
+
+        out = nn.relu(dropout(dense(256, "fc1")(out)))
+        out = nn.relu(dropout(dense(128, "fc2")(out)))
+        return dense(self.num_classes, "fc3")(out).astype(jnp.float32)
 
     def _conv_bn_relu(self, features: int, kernel: tuple[int, ...], x, train: bool, name: str,
                       fold_depth: bool = False):

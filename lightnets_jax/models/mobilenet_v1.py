@@ -78,4 +78,4 @@ class MobileNetV1(nn.Module):
             out = out.reshape(out.shape[0], -1)
         else:
             out = jnp.mean(out, axis=(1, 2))
-        return Dense(self.num_classes, dtype=self.dtype, name="linear")(out).astype(jnp.float32)
+        return Dense(self.num_classes, impl=self.conv_impl, dtype=self.dtype, name="linear")(out).astype(jnp.float32)
