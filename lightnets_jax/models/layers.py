@@ -537,24 +537,34 @@ def _conv_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padd
     # conv's output then holds both shifts, summed after the loop (47.7 -> 32.3 ms).
     last = kept[-1]
     pack = 2 if 2 * cout == onednn.PACKED_CHANNELS and out_sizes[last] % 2 == 0 else 1
+    batch = math.prod(kernel_shape[a] for a in unfolded) * cin
+    # With under 4 output positions along that axis (conv3's 3), the conv's batch goes there too,
+    # as an extra spatial axis the kernel spans 1 of, in blocks of up to 12 (the image's rows for
+    # one output row then stay in L2): conv3's kernel gradient 158.6 -> 142.0 ms, HybridSN's step
+    # 0.969 -> 0.950 s (HybridSN-BN's within noise). conv2 (5 positions) is slower so.
+    block = max(d for d in range(1, 13) if batch % d == 0) if kernel_shape[last] + pack - 1 < 4 else 1
 
     def per_chunk(x_chunk, grad_chunk):
         # (chunk, *spatial, C_in) -> (C_in, *kept, chunk, *unfolded): the conv's channels innermost.
         image = jnp.transpose(x_chunk, [spatial + 1, *(1 + a for a in kept), 0, *(1 + a for a in unfolded)])
         windows = [image[(Ellipsis, *(slice(t, t + out_sizes[a]) for t, a in zip(taps, unfolded)))]
                    for taps in itertools.product(*(range(kernel_shape[a]) for a in unfolded))]
-        image = jnp.stack(windows).reshape(len(windows) * cin, *(x.shape[1 + a] for a in kept), -1)
+        image = jnp.stack(windows).reshape(batch, *(x.shape[1 + a] for a in kept), -1)
         weights = jnp.transpose(grad_chunk, [*(1 + a for a in kept), 0, *(1 + a for a in unfolded), spatial + 1])
         weights = weights.reshape(*(out_sizes[a] for a in kept[:-1]), out_sizes[last] // pack, pack, -1, cout)
         weights = jnp.swapaxes(weights, -3, -2).reshape(*weights.shape[:-3], -1, pack * cout)
-        # (unfolded taps · C_in, *kept taps (the last pack - 1 more), pack · C_out)
-        return onednn.convolution(image, weights, (0,) * len(kept), out_dtype=jnp.float32,
-                                  dilations=(1,) * (len(kept) - 1) + (pack,))
+        dilations = (1,) * (len(kept) - 1) + (pack,)
+        if block == 1:
+            # (unfolded taps · C_in, *kept taps (the last pack - 1 more), pack · C_out)
+            return onednn.convolution(image, weights, (0,) * len(kept), out_dtype=jnp.float32, dilations=dilations)
+        image = jnp.moveaxis(image.reshape(batch // block, block, *image.shape[1:]), 1, -2)
+        y = onednn.convolution(image, weights[..., None, :, :], (0,) * (len(kept) + 1), out_dtype=jnp.float32,
+                               dilations=dilations + (1,))
+        return jnp.moveaxis(y, -2, 1).reshape(batch, *y.shape[1:-2], pack * cout)
 
     chunk = _chunk_samples(grad, KERNEL_GRAD_CHUNK_BYTES)
     kept_taps = [kernel_shape[a] for a in kept]
-    total_shape = (math.prod(kernel_shape[a] for a in unfolded) * cin, *kept_taps[:-1], kept_taps[-1] + pack - 1,
-                   pack * cout)
+    total_shape = (batch, *kept_taps[:-1], kept_taps[-1] + pack - 1, pack * cout)
     total = _sum_over_chunks(per_chunk, x, grad, chunk, total_shape)
     total = total.reshape(*total_shape[:-1], pack, cout)
     # Shift j of the packed positions sits j taps further along the last kept axis.
