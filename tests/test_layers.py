@@ -98,8 +98,10 @@ def test_conv_kernel_grad_matches_autodiff_of_xla_convolution(case, monkeypatch)
     y, vjp = jax.vjp(lambda k: layers._conv(x, k, 1, padding, groups=1), k)
     grad = jnp.asarray(rng.standard_normal(y.shape, np.float32))
     expected = vjp(grad)[0]
-    got = jax.jit(lambda x, grad: layers._conv_kernel_grad(x, grad, k_shape, padding))(x, grad)
+    got, bias = jax.jit(lambda x, grad: layers._conv_kernel_grad(x, grad, k_shape, padding, True))(x, grad)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(expected))))
+    np.testing.assert_allclose(bias, jnp.sum(grad, axis=(0, 1, 2, 3)), rtol=1e-4, atol=1e-4)
+    assert jax.jit(lambda x, grad: layers._conv_kernel_grad(x, grad, k_shape, padding))(x, grad)[1] is None
 
 
 @needs_onednn

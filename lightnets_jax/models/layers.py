@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 from functools import partial
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -351,10 +351,10 @@ def _chunk_samples(array: Array, budget_bytes: int) -> int:
     return math.gcd(array.shape[0], 1 << max(0, (budget_bytes // per_sample).bit_length() - 1))
 
 
-def _sum_over_chunks(per_chunk: Callable[[Array, Array], Array], x: Array, grad: Array, chunk: int,
-                     shape: tuple[int, ...]) -> Array:
+def _sum_over_chunks(per_chunk: Callable[[Array, Array], Any], x: Array, grad: Array, chunk: int, shape: Any) -> Any:
     """The float32 sum of ``per_chunk(x_chunk, grad_chunk)`` over the batch, ``chunk`` samples at a
-    time, so only one chunk's temporaries live at once.
+    time, so only one chunk's temporaries live at once. ``shape``: the sum's shape, or a tuple of
+    shapes when ``per_chunk`` returns a tuple of arrays.
 
     A ``fori_loop`` slicing ``x`` and ``grad`` where they lie: a ``lax.scan`` over their
     (batch / chunk, chunk, ...) reshapes made XLA copy both whole arrays into the loop first; the
@@ -364,9 +364,12 @@ def _sum_over_chunks(per_chunk: Callable[[Array, Array], Array], x: Array, grad:
     MobileNetV2 and HybridSN-BN within noise, 4 no better than 2 (docs/performance.md, tenth round).
     """
     def add_chunk(i, total):
-        return total + per_chunk(lax.dynamic_slice_in_dim(x, i * chunk, chunk), lax.dynamic_slice_in_dim(grad, i * chunk, chunk))
+        x_chunk, grad_chunk = (lax.dynamic_slice_in_dim(a, i * chunk, chunk) for a in (x, grad))
+        return jax.tree.map(jnp.add, total, per_chunk(x_chunk, grad_chunk))
 
-    return lax.fori_loop(0, x.shape[0] // chunk, add_chunk, jnp.zeros(shape, jnp.float32), unroll=2)
+    several = isinstance(shape[0], tuple)
+    zeros = tuple(jnp.zeros(s, jnp.float32) for s in shape) if several else jnp.zeros(shape, jnp.float32)
+    return lax.fori_loop(0, x.shape[0] // chunk, add_chunk, zeros, unroll=2)
 
 
 # Samples per chunk of the GEMM convolutions: unfolded patches of a whole batch take gigabytes
@@ -450,11 +453,19 @@ def _onednn_conv_bwd(padding, relu, residuals, grad):
     # (``_conv_kernel_grad``); in 2D the unfold formulation's GEMMs, or autodiff of ``conv_gemm``
     # for thin contractions (RGB stems), which measured faster there (docs/performance.md).
     x, kernel, has_bias, y = residuals
-    grad, grad_bias = _through_relu_and_bias(grad, y, has_bias)
     spatial = x.ndim - 2
+    if spatial == 3 and y is not None:
+        # Behind a fused ReLU the bias gradient is summed chunk by chunk in the kernel gradient's
+        # loop, from data it has just brought into cache, instead of in a pass over the whole
+        # gradient: HybridSN's step 0.933 -> 0.913 s. Behind BatchNorm (no fused ReLU) that was
+        # 2 % slower (1.073 -> 1.094 s), so it keeps the pass.
+        grad = jnp.where(y > 0, grad, 0)
+        grad_x = onednn.input_gradient(grad, kernel, (padding,) * spatial)
+        return grad_x, *_conv_kernel_grad(x, grad, kernel.shape, padding, has_bias)
+    grad, grad_bias = _through_relu_and_bias(grad, y, has_bias)
     grad_x = onednn.input_gradient(grad, kernel, (padding,) * spatial)
     if spatial == 3:
-        return grad_x, _conv_kernel_grad(x, grad, kernel.shape, padding), grad_bias
+        return grad_x, _conv_kernel_grad(x, grad, kernel.shape, padding)[0], grad_bias
     if math.prod(kernel.shape[1:spatial]) * kernel.shape[-2] >= MIN_CONTRACTION:
         return grad_x, _unfold_kernel_grad(x, grad, kernel.shape, padding), grad_bias
     _, kernel_vjp = jax.vjp(lambda k: conv_gemm(x, k, 1, padding, train=True), kernel)
@@ -505,7 +516,8 @@ def _onednn_depth_folded_bwd(padding, relu, residuals, grad):
 _onednn_depth_folded.defvjp(_onednn_depth_folded_fwd, _onednn_depth_folded_bwd)
 
 
-def _conv_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padding: int) -> Array:
+def _conv_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padding: int,
+                      with_bias: bool = False) -> tuple[Array, Array | None]:
     """The kernel gradient of a stride-1 convolution as oneDNN convolutions, a few samples at a time.
 
     dK[t, c, o] = sum over samples and positions p of x[p + t, c] * grad[p, o] is itself a
@@ -516,9 +528,10 @@ def _conv_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padd
     and more while that batch is below ``KERNEL_GRAD_MIN_BATCH``; the first stays spatial, and the
     kept axes go in order of taps. The unfolded copies are taps-times smaller than the GEMM
     formulation's, and ``KERNEL_GRAD_CHUNK_BYTES`` of output gradient per chunk keep the conv's
-    kernel in L2.
-    HybridSN's conv1-conv3 at batch 128: 64/197/233 ms -> 48/126/205 ms (docs/performance.md,
-    ninth round).
+    kernel in L2. HybridSN's conv1-conv3 at batch 128: 64/197/233 ms -> 48/126/205 ms
+    (docs/performance.md, ninth round; the tenth's packing, axis order and batch placement below).
+    Returns the kernel gradient and, ``with_bias``, the bias gradient (``grad`` summed over all
+    but its channels), else None.
     """
     spatial = x.ndim - 2
     if padding:
@@ -545,6 +558,10 @@ def _conv_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padd
     block = max(d for d in range(1, 13) if batch % d == 0) if kernel_shape[last] + pack - 1 < 4 else 1
 
     def per_chunk(x_chunk, grad_chunk):
+        bias = (jnp.sum(grad_chunk, axis=tuple(range(grad_chunk.ndim - 1)), dtype=jnp.float32),) if with_bias else ()
+        return (kernel_chunk(x_chunk, grad_chunk), *bias)
+
+    def kernel_chunk(x_chunk, grad_chunk):
         # (chunk, *spatial, C_in) -> (C_in, *kept, chunk, *unfolded): the conv's channels innermost.
         image = jnp.transpose(x_chunk, [spatial + 1, *(1 + a for a in kept), 0, *(1 + a for a in unfolded)])
         windows = [image[(Ellipsis, *(slice(t, t + out_sizes[a]) for t, a in zip(taps, unfolded)))]
@@ -565,14 +582,15 @@ def _conv_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padd
     chunk = _chunk_samples(grad, KERNEL_GRAD_CHUNK_BYTES)
     kept_taps = [kernel_shape[a] for a in kept]
     total_shape = (batch, *kept_taps[:-1], kept_taps[-1] + pack - 1, pack * cout)
-    total = _sum_over_chunks(per_chunk, x, grad, chunk, total_shape)
+    total, *bias = _sum_over_chunks(per_chunk, x, grad, chunk, (total_shape, (cout,))[:1 + with_bias])
     total = total.reshape(*total_shape[:-1], pack, cout)
     # Shift j of the packed positions sits j taps further along the last kept axis.
     total = sum(total[..., j:j + kept_taps[-1], j, :] for j in range(pack))
     total = total.reshape(*(kernel_shape[a] for a in unfolded), cin, *kept_taps, cout)
     # Axes (*unfolded, C_in, *kept, C_out) -> the kernel's (*spatial, C_in, C_out).
     order = [*unfolded, spatial, *kept]
-    return jnp.transpose(total, [order.index(a) for a in range(spatial)] + [len(unfolded), spatial + 1]).astype(x.dtype)
+    total = jnp.transpose(total, [order.index(a) for a in range(spatial)] + [len(unfolded), spatial + 1])
+    return total.astype(x.dtype), (bias[0].astype(x.dtype) if with_bias else None)
 
 
 def _unfold_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padding: int) -> Array:
