@@ -635,9 +635,11 @@ def _folded_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], pa
     def per_chunk(x_chunk, grad_chunk):
         rows = jnp.transpose(x_chunk, (0, 2, 3, 1, 4)).reshape(-1, depth * cin)
         padded = jnp.pad(grad_chunk, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
-        # shifted[n, h, w, a, b, o] = grad[n, h - a, w - b, o], zero outside grad.
-        shifted = jnp.stack([padded[:, kh - 1 - a:kh - 1 - a + height, kw - 1 - b:kw - 1 - b + width]
-                             for a in range(kh) for b in range(kw)], axis=-2)
+        # shifted[n, h, w, a, b, o] = grad[n, h - a, w - b, o], zero outside grad. Stacked along
+        # the width, then the height: XLA fuses a stack of 3 slices into one copy, but not one
+        # of 9 (nine slice copies, then the stack): 149-152 -> 139-142 ms, the step 1.009 -> 0.999 s.
+        by_width = jnp.stack([padded[:, :, kw - 1 - b:kw - 1 - b + width] for b in range(kw)], axis=-2)
+        shifted = jnp.stack([by_width[:, kh - 1 - a:kh - 1 - a + height] for a in range(kh)], axis=-3)
         return onednn.matmul(rows, shifted.reshape(rows.shape[0], -1), transpose_a=True, out_dtype=jnp.float32)
 
     chunk = math.gcd(x.shape[0], FOLDED_GRAD_CHUNK)
