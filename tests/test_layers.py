@@ -9,6 +9,7 @@ import pytest
 
 from lightnets_jax import onednn
 from lightnets_jax.models import layers
+from tests.markers import needs_onednn
 
 # (input shape, kernel shape, stride, padding): one case per formulation, with ragged depth blocks
 # (conv1-like, 13 output depths = 8 + 5), batch sizes that do not divide the chunk, and padding.
@@ -56,7 +57,6 @@ def test_depthwise_conv_shifted_matches_grouped_convolution_and_its_gradients(ca
     _assert_same_values_and_gradients(fast, reference, x, k)
 
 
-needs_onednn = pytest.mark.skipif(not onednn.available(), reason="XLA's CPU runtime here has no oneDNN")
 
 
 @needs_onednn

@@ -15,9 +15,9 @@ from jax import lax
 
 from lightnets_jax import models, onednn
 from lightnets_jax.models import layers
+from tests.markers import needs_onednn
 
 ROOT = Path(__file__).resolve().parents[1]
-needs_onednn = pytest.mark.skipif(not onednn.available(), reason="XLA's CPU runtime here has no oneDNN")
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu" or platform.machine() != "x86_64",
