@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lightnets_jax import onednn
 from lightnets_jax.models import layers
 from tests.markers import needs_onednn
 
