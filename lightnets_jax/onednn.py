@@ -107,14 +107,21 @@ def _depth_packed(x: jax.Array, kernel: jax.Array, padding: Sequence[int], pack:
     and a transpose of the result (which XLA fuses into the consumer's pass, the ReLU mask here),
     for full-width vector kernels: HybridSN's conv2 input gradient 116 -> 78 ms with its ReLU mask
     (docs/performance.md, tenth round). Depth divisible by ``pack``."""
-    taps = kernel.shape[0]
-    widths = [(0, 0)] * (kernel.ndim - 1)
-    packed = jnp.stack([jnp.pad(kernel, [(j, pack - 1 - j)] + widths) for j in range(pack)], axis=-2)
-    packed = packed.reshape(taps + pack - 1, *kernel.shape[1:-1], pack * kernel.shape[-1])
+    packed = depth_banded(kernel, pack)
+    packed = packed.reshape(*packed.shape[:-2], pack * kernel.shape[-1])
     y = convolution(x, packed, padding, (pack,) + (1,) * (x.ndim - 3))
     n, depth, *rest, _ = y.shape
     y = jnp.moveaxis(y.reshape(n, depth, *rest, pack, kernel.shape[-1]), -2, 2)
     return y.reshape(n, depth * pack, *rest, kernel.shape[-1])
+
+
+def depth_banded(kernel: jax.Array, count: int) -> jax.Array:
+    """A (taps, ..., C_in, C_out) kernel as the banded one that computes ``count`` consecutive
+    output depths at once: (taps + count - 1, ..., C_in, count, C_out), slice j of the new axis the
+    kernel shifted j taps deeper, zeros around it (``_depth_packed`` here, the GEMM fallback's
+    depth-Toeplitz conv in ``models/layers.py``)."""
+    widths = [(0, 0)] * (kernel.ndim - 1)
+    return jnp.stack([jnp.pad(kernel, [(j, count - 1 - j)] + widths) for j in range(count)], axis=-2)
 
 
 def matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: bool = False,

@@ -56,8 +56,6 @@ def test_depthwise_conv_shifted_matches_grouped_convolution_and_its_gradients(ca
     _assert_same_values_and_gradients(fast, reference, x, k)
 
 
-
-
 @needs_onednn
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_conv_fast_matches_xla_convolution_and_its_gradients(case):

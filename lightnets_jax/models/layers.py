@@ -454,18 +454,16 @@ def _onednn_conv_bwd(padding, relu, residuals, grad):
     # for thin contractions (RGB stems), which measured faster there (docs/performance.md).
     x, kernel, has_bias, y = residuals
     spatial = x.ndim - 2
-    if spatial == 3 and y is not None:
-        # Behind a fused ReLU the bias gradient is summed chunk by chunk in the kernel gradient's
-        # loop, from data it has just brought into cache, instead of in a pass over the whole
-        # gradient: HybridSN's step 0.933 -> 0.913 s. Behind BatchNorm (no fused ReLU) that was
-        # 2 % slower (1.073 -> 1.094 s), so it keeps the pass.
-        grad = jnp.where(y > 0, grad, 0)
-        grad_x = onednn.input_gradient(grad, kernel, (padding,) * spatial)
-        return grad_x, *_conv_kernel_grad(x, grad, kernel.shape, padding, has_bias)
-    grad, grad_bias = _through_relu_and_bias(grad, y, has_bias)
+    # Behind a fused 3D ReLU the bias gradient is summed chunk by chunk in the kernel gradient's
+    # loop, from data it has just brought into cache, instead of in a pass over the whole
+    # gradient: HybridSN's step 0.933 -> 0.913 s. Behind BatchNorm (no fused ReLU) that was 2 %
+    # slower (1.073 -> 1.094 s), so it keeps the pass.
+    bias_in_loop = has_bias and spatial == 3 and y is not None
+    grad, grad_bias = _through_relu_and_bias(grad, y, has_bias and not bias_in_loop)
     grad_x = onednn.input_gradient(grad, kernel, (padding,) * spatial)
     if spatial == 3:
-        return grad_x, _conv_kernel_grad(x, grad, kernel.shape, padding)[0], grad_bias
+        grad_kernel, loop_bias = _conv_kernel_grad(x, grad, kernel.shape, padding, bias_in_loop)
+        return grad_x, grad_kernel, loop_bias if bias_in_loop else grad_bias
     if math.prod(kernel.shape[1:spatial]) * kernel.shape[-2] >= MIN_CONTRACTION:
         return grad_x, _unfold_kernel_grad(x, grad, kernel.shape, padding), grad_bias
     _, kernel_vjp = jax.vjp(lambda k: conv_gemm(x, k, 1, padding, train=True), kernel)
@@ -475,12 +473,13 @@ def _onednn_conv_bwd(padding, relu, residuals, grad):
 _onednn_conv.defvjp(_onednn_conv_fwd, _onednn_conv_bwd)
 
 
-def _through_relu_and_bias(grad: Array, y: Array | None, has_bias: bool) -> tuple[Array, Array | None]:
-    """The gradient before a fused ReLU (``y``, its saved output, None without one) and the bias
-    gradient (the sum over every axis but the channels), for the oneDNN convolutions' VJPs."""
+def _through_relu_and_bias(grad: Array, y: Array | None, with_bias: bool) -> tuple[Array, Array | None]:
+    """The gradient before a fused ReLU (``y``, its saved output, None without one) and, if
+    ``with_bias``, the bias gradient (the sum over every axis but the channels), else None, for
+    the oneDNN convolutions' VJPs."""
     if y is not None:
         grad = jnp.where(y > 0, grad, 0)
-    return grad, jnp.sum(grad, axis=tuple(range(grad.ndim - 1))) if has_bias else None
+    return grad, jnp.sum(grad, axis=tuple(range(grad.ndim - 1))) if with_bias else None
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -808,7 +807,7 @@ def _depth_toeplitz(chunk: Array, kernel: Array, out_sizes: tuple[int, ...]) -> 
     cols = _unfold(chunk, {1: span, 2: kh, 3: kw}, {1: blocks, 2: out_sizes[1], 3: out_sizes[2]},
                    {1: block, 2: 1, 3: 1})
     # toeplitz[j, i, k, c, b, o] = kernel[j - b, i, k, c, o] for 0 <= j - b < kd, else 0.
-    toeplitz = jnp.stack([jnp.pad(kernel, ((b, block - 1 - b),) + ((0, 0),) * 4) for b in range(block)], axis=-2)
+    toeplitz = onednn.depth_banded(kernel, block)
     y = cols.reshape(-1, cols.shape[-1]) @ toeplitz.reshape(span * kh * kw * cin, block * cout)
     y = y.reshape(chunk.shape[0], blocks, *out_sizes[1:], block, cout)
     return jnp.moveaxis(y, -2, 2).reshape(chunk.shape[0], blocks * block, *out_sizes[1:], cout)[:, :od]
