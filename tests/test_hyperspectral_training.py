@@ -1,8 +1,10 @@
 """End to end on a tiny synthetic scene: train, checkpoint, resume, evaluate, CLI errors."""
 
+import dataclasses
 import json
 import shutil
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -34,10 +36,6 @@ def _config(scene_files, epochs=2):
 
 
 def test_bf16_config_builds_a_bfloat16_model(scene_files):
-    import dataclasses
-
-    import jax.numpy as jnp
-
     config = dataclasses.replace(_config(scene_files), bf16=True)
     assert hyperspectral.build_model(config, 3).dtype == jnp.bfloat16
     assert hyperspectral.build_model(_config(scene_files), 3).dtype is None
