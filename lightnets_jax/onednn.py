@@ -9,8 +9,8 @@ them with ``jax.ffi.ffi_call``. At HybridSN's shapes the convolution runs as fas
 
 The convolution is a forward (inference) primitive only: the layers get the input gradient from
 it as a convolution of the output gradient with the flipped kernel, and the kernel gradient as
-another convolution (3D, the output gradient as its kernel) or from GEMMs over unfolded patches,
-run by ``matmul`` (2D). ``available()`` compiles and runs a tiny program
+another convolution (3D, and HybridSN's depth-folded 2D one: the output gradient as its kernel)
+or from GEMMs over unfolded patches, run by ``matmul`` (other 2D ones). ``available()`` compiles and runs a tiny program
 to find out whether this jaxlib, on this backend, has both (False off CPU, on builds without
 oneDNN, with more than one device, and when ``LIGHTNETS_NO_ONEDNN=1`` is set).
 """
@@ -32,18 +32,20 @@ DISABLE_ENV = "LIGHTNETS_NO_ONEDNN"
 
 
 def _config(rank: int, taps: Sequence[int], padding: Sequence[int], strides: Sequence[int], groups: int,
-            post_ops: Sequence[str] = (), dilations: Sequence[int] | None = None) -> str:
+            post_ops: Sequence[str] = (), dilations: Sequence[int] | None = None,
+            kernel_axes: Sequence[int] | None = None) -> str:
     """The ``BackendConfig`` JSON of a convolution over channels-last (N, *spatial, C) input and
-    output and a (*taps, C_in / groups, C_out) kernel, then ``post_ops`` ("BIAS": add the third
-    operand per channel, "RELU"). Axis numbers are 0-based, dilations 1-based
-    (the encoding of jaxlib 0.10's ``onednn_convolution.cc``)."""
+    output and a kernel whose axes ``kernel_axes`` hold (*taps, C_in / groups, C_out) (default in
+    that order), then ``post_ops`` ("BIAS": add the third operand per channel, "RELU"). Axis
+    numbers are 0-based, dilations 1-based (the encoding of jaxlib 0.10's ``onednn_convolution.cc``)."""
     spatial = rank - 2
+    kernel_axes = list(kernel_axes or range(rank))
     data = {"batch_dim": 0, "feature_dim": rank - 1, "spatial_dims": list(range(1, spatial + 1))}
     return json.dumps({"onednn_conv_config": {
         "dims": rank,
         "input": {"dims": rank, "data": data},
-        "kernel": {"dims": rank, "filter": {"input_feature_dim": rank - 2, "output_feature_dim": rank - 1,
-                                            "spatial_dims": list(range(spatial))}},
+        "kernel": {"dims": rank, "filter": {"input_feature_dim": kernel_axes[-2], "output_feature_dim": kernel_axes[-1],
+                                            "spatial_dims": kernel_axes[:-2]}},
         "output": {"dims": rank, "data": data},
         "window": {"size": list(taps), "pad_left": list(padding), "pad_right": list(padding),
                    "strides": list(strides), "window_dilations": list(dilations or [1] * spatial)},
@@ -54,24 +56,34 @@ def _config(rank: int, taps: Sequence[int], padding: Sequence[int], strides: Seq
 
 def convolution(x: jax.Array, kernel: jax.Array, padding: Sequence[int], strides: int | Sequence[int] = 1,
                 groups: int = 1, bias: jax.Array | None = None, relu: bool = False,
-                out_dtype: jnp.dtype | None = None, dilations: Sequence[int] | None = None) -> jax.Array:
+                out_dtype: jnp.dtype | None = None, dilations: Sequence[int] | None = None,
+                kernel_axes: Sequence[int] | None = None) -> jax.Array:
     """Convolution of channels-last ``x`` (N, *spatial, C_in) with a (*taps, C_in / groups, C_out)
     kernel, zero-padded by ``padding[i]`` on both sides of spatial axis i, strided by ``strides``
     (one for every axis, or one per axis) and its kernel taps ``dilations[i]`` apart (default 1,
     adjacent); 1-3 spatial axes.
     ``groups == C_in == C_out`` is a depthwise convolution. ``bias`` (C_out,) and a ``relu`` after
     it are applied inside oneDNN's kernel, saving XLA a pass over the output. float32 or bfloat16
-    operands (oneDNN accumulates in float32); the result is ``out_dtype`` (default ``x.dtype``)."""
+    operands (oneDNN accumulates in float32); the result is ``out_dtype`` (default ``x.dtype``).
+
+    ``kernel_axes``: which of the kernel's axes hold (*taps, C_in / groups, C_out), for a kernel
+    stored in another order. oneDNN copies every kernel into its own blocked layout before it
+    convolves, so this costs nothing and saves XLA a transpose (the kernel gradients below, whose
+    kernel is an output gradient)."""
     spatial = x.ndim - 2
-    taps = kernel.shape[:spatial]
+    kernel_axes = tuple(kernel_axes or range(kernel.ndim))
+    if sorted(kernel_axes) != list(range(kernel.ndim)):
+        raise ValueError(f"kernel_axes must be a permutation of the kernel's {kernel.ndim} axes, got {kernel_axes}")
+    taps = tuple(kernel.shape[a] for a in kernel_axes[:spatial])
     strides = (strides,) * spatial if isinstance(strides, int) else tuple(strides)
     dilations = tuple(dilations or (1,) * spatial)
     out_sizes = tuple((x.shape[1 + i] + 2 * padding[i] - (taps[i] - 1) * dilations[i] - 1) // strides[i] + 1
                       for i in range(spatial))
-    out = jax.ShapeDtypeStruct((x.shape[0], *out_sizes, kernel.shape[-1]), out_dtype or x.dtype)
+    out = jax.ShapeDtypeStruct((x.shape[0], *out_sizes, kernel.shape[kernel_axes[-1]]), out_dtype or x.dtype)
     post_ops = ["BIAS"] * (bias is not None) + ["RELU"] * relu
+    config = _config(x.ndim, taps, padding, strides, groups, post_ops, dilations, kernel_axes)
     call = jax.ffi.ffi_call(TARGET, out, custom_call_api_version=1, vmap_method="sequential",
-                            legacy_backend_config=_config(x.ndim, taps, padding, strides, groups, post_ops, dilations))
+                            legacy_backend_config=config)
     return call(x, kernel) if bias is None else call(x, kernel, bias)
 
 

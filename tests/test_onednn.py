@@ -81,6 +81,21 @@ def test_dilated_convolution_matches_xla():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@needs_onednn
+def test_kernel_stored_in_another_order_via_kernel_axes():
+    # A (C_out, kd, C_in, kh, kw) kernel described by kernel_axes gives the plain kernel's result.
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 7, 6, 5, 3), np.float32))
+    k = jnp.asarray(rng.standard_normal((3, 2, 4, 3, 16), np.float32))
+    stored = jnp.transpose(k, (4, 0, 3, 1, 2))
+    got = jax.jit(lambda x, s: onednn.convolution(x, s, (1, 0, 1), kernel_axes=(1, 3, 4, 2, 0)))(x, stored)
+    want = onednn.convolution(x, k, (1, 0, 1))
+    assert got.shape == want.shape == (2, 7, 5, 4, 16)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="permutation of the kernel's 5 axes"):
+        onednn.convolution(x, stored, (1, 0, 1), kernel_axes=(1, 3, 4, 2, 2))
+
+
 # (output gradient shape, kernel shape, padding, pack): HybridSN's conv2 (8 input channels, the
 # case input_gradient packs), 4 channels in fours, a 2D kernel with a depth of one tap.
 PACKED = {
@@ -139,8 +154,8 @@ def test_bias_and_relu_post_ops(relu):
 @pytest.mark.parametrize("train", [False, True])
 def test_hybridsn_compiles_its_convolutions_to_onednn(name, train):
     # Forward: all four convs; training adds the input gradients of conv2-conv4 (the network's
-    # input needs none, and XLA drops that one) and the kernel gradients of the three 3D convs
-    # (conv4's are matmuls), called in chunk loops. XLA's own convolutions appear nowhere. The ReLUs
+    # input needs none, and XLA drops that one) and the kernel gradients of all four, called in
+    # chunk loops. XLA's own convolutions appear nowhere. The ReLUs
     # run inside the convs, except in training with BatchNorm (which then sits between them).
     model = models.create(name)
     x = jnp.zeros((2, 25, 25, 30), jnp.float32)
@@ -158,7 +173,7 @@ def test_hybridsn_compiles_its_convolutions_to_onednn(name, train):
     # The kernel gradients' chunk loops (closed_call) may be unrolled: one or more calls per layer.
     assert len([name for name in calls if "closed_call" not in name]) == (7 if train else 4)
     in_loops = {re.search(r"(conv\d)_0", name).group(1) for name in calls if "closed_call" in name}
-    assert in_loops == ({"conv1", "conv2", "conv3"} if train else set())
+    assert in_loops == ({"conv1", "conv2", "conv3", "conv4"} if train else set())
     assert " convolution(" not in text
     assert text.count('"RELU"') == (0 if train and name == "hybridsn_bn" else 4)
 
@@ -255,7 +270,8 @@ def test_bfloat16_hybridsn_trains_on_onednn_close_to_float32():
         return jax.grad(loss, has_aux=True)(variables["params"])
 
     text = jax.jit(lambda: grads(fast)).lower().compile().as_text()
-    assert text.count('custom_call_target="__onednn$convolution"') == 10 and " convolution(" not in text
+    # 4 forward, 3 input gradients, 4 kernel gradients (one chunk each at batch 2).
+    assert text.count('custom_call_target="__onednn$convolution"') == 11 and " convolution(" not in text
     (got, logits), (want, want_logits) = jax.jit(lambda: grads(fast))(), jax.jit(lambda: grads(reference))()
     np.testing.assert_allclose(logits, want_logits, rtol=0, atol=2e-2 * float(jnp.max(jnp.abs(want_logits))))
     scale = max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(want))

@@ -380,9 +380,9 @@ def _sum_over_chunks(per_chunk: Callable[[Array, Array], Any], x: Array, grad: A
 # per-layer sums were within 1 %. The MobileNet stems' im2col infers 8 samples at a time.
 IM2COL_CHUNK = 8
 UNFOLD_CHUNK = 2
-# HybridSN's conv4 kernel gradient: 2 and 4 samples per matmul within noise of each other (0.937
-# / 0.931 s per training step); 2 holds half the copies.
-FOLDED_GRAD_CHUNK = 2
+# Samples per convolution of HybridSN's conv4 kernel gradient: alone 2 / 4 / 8 / 16: 94.4 / 88.8 /
+# 87.4 / 100.4 ms.
+FOLDED_GRAD_CHUNK = 8
 # Smallest GEMM contraction worth the unfold-and-shift-add formulation (docs/performance.md).
 MIN_CONTRACTION = 64
 # The kernel gradient as oneDNN convolutions (``_conv_kernel_grad``): output-gradient bytes per
@@ -402,7 +402,8 @@ def conv_fast(x: Array, kernel: Array, strides: int, padding: int, train: bool =
 
     oneDNN takes stride-1 float32 or bfloat16 convolutions: with more than one tap (every HybridSN
     conv) as a convolution with the bias and ReLU fused in, forward and input gradient, its kernel
-    gradient from oneDNN convolutions (3D) or GEMMs (2D) (``_onednn_conv``); 1x1 ones as matmuls
+    gradient from oneDNN convolutions (3D; HybridSN's 2D conv4 takes ``_onednn_depth_folded``) or
+    GEMMs (2D) (``_onednn_conv``); 1x1 ones as matmuls
     (``_onednn_pointwise``). Strided convolutions, other dtypes and other backends use
     ``conv_gemm``.
     """
@@ -486,7 +487,7 @@ def _through_relu_and_bias(grad: Array, y: Array | None, with_bias: bool) -> tup
 def _onednn_depth_folded(x: Array, kernel: Array, bias: Array | None, padding: int, relu: bool) -> Array:
     """``conv_fast(fold_depth(x), kernel, ...)`` without moving ``x``: a 3D convolution whose kernel
     spans the whole depth (its taps reordered from the folded channels), output depth 1. Forward
-    and input gradient by oneDNN; the kernel gradient by ``_folded_kernel_grad``'s matmuls. Saves
+    and input gradient by oneDNN; the kernel gradient by ``_folded_kernel_grad``'s convolutions. Saves
     HybridSN's conv4 two whole-batch transposes (forward, and the input gradient back) and the
     kernel gradient's copy of the folded input (docs/performance.md)."""
     y = onednn.convolution(x, _depth_kernel(x, kernel), (0, padding, padding), bias=bias, relu=relu)
@@ -617,35 +618,30 @@ def _unfold_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], pa
 
 
 def _folded_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padding: int) -> Array:
-    """The kernel gradient of a stride-1 2D convolution of ``fold_depth(x)``, one oneDNN matmul per
-    chunk of ``FOLDED_GRAD_CHUNK`` samples: rows are the (padded) input's positions, the input
-    (N, D, H, W, C) moved once to rows (N, H, W) by columns (D, C), and the output gradient shifted
-    by every tap, dK[(d, c), (a, b, o)] = sum x[n, d, h, w, c] * grad[n, h - a, w - b, o].
+    """The kernel gradient of a stride-1 2D convolution of ``fold_depth(x)`` as oneDNN convolutions
+    over ``FOLDED_GRAD_CHUNK`` samples at a time, the samples as their input channels:
 
-    No unfolded copies of the input (the unfold-and-shift GEMMs wrote it twice: three windows,
-    then their concatenation) for 12 % more multiplications (rows over the input's 19 x 19
-    positions instead of 19 x 17): HybridSN's conv4 159 -> 141 ms (docs/performance.md, tenth round).
+        dK[a, b, (c, d), o] = sum over n, h, w of x[n, d, h + a, w + b, c] * grad[n, h, w, o]
+
+    is a 3D convolution of the chunk moved to (D, H, W, C, N) (a 2D transpose: the samples
+    innermost) with the output gradient as its kernel (taps (OH, OW, 1), N -> O channels, passed
+    as it lies: ``kernel_axes``). Its output (D, kh, kw, C, O) has C_in positions along its last
+    axis for oneDNN to block over, and no multiply-adds on zeros. HybridSN's conv4 alone 123 ->
+    87 ms (docs/performance.md, eleventh round) against one matmul per 2 samples over the input's
+    positions and the gradient shifted by every tap (12 % of them on zeros, and a copy of both).
     """
     kh, kw, _, cout = kernel_shape
-    if padding:
-        x = jnp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding), (0, 0)))
-    _, depth, height, width, cin = x.shape
+    _, depth, _, _, cin = x.shape
 
     def per_chunk(x_chunk, grad_chunk):
-        rows = jnp.transpose(x_chunk, (0, 2, 3, 1, 4)).reshape(-1, depth * cin)
-        padded = jnp.pad(grad_chunk, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
-        # shifted[n, h, w, a, b, o] = grad[n, h - a, w - b, o], zero outside grad. Stacked along
-        # the width, then the height: XLA fuses a stack of 3 slices into one copy, but not one
-        # of 9 (nine slice copies, then the stack): 149-152 -> 139-142 ms, the step 1.009 -> 0.999 s.
-        by_width = jnp.stack([padded[:, :, kw - 1 - b:kw - 1 - b + width] for b in range(kw)], axis=-2)
-        shifted = jnp.stack([by_width[:, kh - 1 - a:kh - 1 - a + height] for a in range(kh)], axis=-3)
-        return onednn.matmul(rows, shifted.reshape(rows.shape[0], -1), transpose_a=True, out_dtype=jnp.float32)
+        image = jnp.transpose(x_chunk, (1, 2, 3, 4, 0))
+        return onednn.convolution(image, grad_chunk[:, :, :, None], (padding, padding, 0), out_dtype=jnp.float32,
+                                  kernel_axes=(1, 2, 3, 0, 4))
 
     chunk = math.gcd(x.shape[0], FOLDED_GRAD_CHUNK)
-    total = _sum_over_chunks(per_chunk, x, grad, chunk, (depth * cin, kh * kw * cout))
-    # (D, C, kh, kw, O) -> (kh, kw, C * D, O), the folded channel c * D + d.
-    total = jnp.transpose(total.reshape(depth, cin, kh, kw, cout), (2, 3, 1, 0, 4))
-    return total.reshape(kh, kw, cin * depth, cout).astype(x.dtype)
+    total = _sum_over_chunks(per_chunk, x, grad, chunk, (depth, kh, kw, cin, cout))
+    # (D, kh, kw, C, O) -> (kh, kw, C * D, O), the folded channel c * D + d.
+    return jnp.transpose(total, (1, 2, 3, 0, 4)).reshape(kh, kw, cin * depth, cout).astype(x.dtype)
 
 
 def conv_gemm(x: Array, kernel: Array, strides: int, padding: int, train: bool = False) -> Array:
