@@ -73,8 +73,11 @@ def test_conv_fast_matches_xla_convolution_and_its_gradients(case):
 # (input shape, kernel shape, padding, chunk bytes) for ``_conv_kernel_grad``: one input channel
 # (two axes unfolded), several (one), padding, chunks of 1, 2 (batch 6, 4 samples' budget) and
 # the whole batch, kept axes put in order of taps (depth 4 after height 2, as conv2's 5 and 3), and
-# 8 output channels, packed in pairs of positions (even output depth, as conv1's) or not (odd).
+# 8 output channels, packed in pairs of positions (even output depth, as conv1's) or not (odd);
+# one sample per chunk with the kept axes reordered and the batch as a spatial axis (blocks of 8
+# of 16), its kernel the gradient as it lies (conv3's case).
 KERNEL_GRAD_CASES = {
+    "one_sample_reordered_block": ((3, 7, 8, 6, 8), (3, 2, 2, 8, 4), 1, 16),
     "eight_out_channels_packed": ((2, 9, 6, 5, 1), (4, 3, 2, 1, 8), 0, 1 << 30),
     "eight_out_channels_odd_depth": ((2, 8, 6, 5, 2), (4, 3, 2, 2, 8), 0, 1 << 30),
     "kept_axes_reordered": ((2, 9, 7, 6, 8), (4, 2, 3, 8, 4), 0, 1 << 30),
