@@ -386,10 +386,11 @@ FOLDED_GRAD_CHUNK = 8
 # Smallest GEMM contraction worth the unfold-and-shift-add formulation (docs/performance.md).
 MIN_CONTRACTION = 64
 # The kernel gradient as oneDNN convolutions (``_conv_kernel_grad``): output-gradient bytes per
-# chunk, which are the conv's kernel (1.25 MiB stays in this Xeon's 2 MiB L2: 2 samples of HybridSN's
-# conv1/conv2, 1 of conv3, whose conv runs 1.4x / 2.6x slower at 2 / 4), and the least conv batch
-# (unfolded taps times C_in) the unfolding aims for.
-KERNEL_GRAD_CHUNK_BYTES = 5 << 18
+# chunk, which are the conv's kernel (896 KiB stays in this Xeon's 2 MiB L2: 2 samples of HybridSN's
+# conv1, 1 of conv2 and conv3, whose conv runs 1.4x / 2.6x slower at 2 / 4; one sample's gradient
+# goes in as it lies, so conv2 at 1 instead of 2: step 0.829 -> 0.810 s and 0.787 -> 0.778 s), and
+# the least conv batch (unfolded taps times C_in) the unfolding aims for.
+KERNEL_GRAD_CHUNK_BYTES = 7 << 17
 KERNEL_GRAD_MIN_BATCH = 16
 # Output depths per block of the depth-Toeplitz 3D conv (few input channels, e.g. HybridSN's conv1).
 DEPTH_BLOCK = 8
