@@ -560,16 +560,20 @@ def _conv_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padd
 
     def per_chunk(x_chunk, grad_chunk):
         bias = (jnp.sum(grad_chunk, axis=tuple(range(grad_chunk.ndim - 1)), dtype=jnp.float32),) if with_bias else ()
-        return (kernel_chunk(x_chunk, grad_chunk), *bias)
+        return (kernel_chunk(x_chunk, *conv_kernel(grad_chunk)), *bias)
 
-    def kernel_chunk(x_chunk, grad_chunk):
+    def kernel_chunk(x_chunk, weights, kernel_axes):
         # (chunk, *spatial, C_in) -> (C_in, *kept, chunk, *unfolded): the conv's channels innermost.
         image = jnp.transpose(x_chunk, [spatial + 1, *(1 + a for a in kept), 0, *(1 + a for a in unfolded)])
         windows = [image[(Ellipsis, *(slice(t, t + out_sizes[a]) for t, a in zip(taps, unfolded)))]
                    for taps in itertools.product(*(range(kernel_shape[a]) for a in unfolded))]
         image = jnp.stack(windows).reshape(batch, *(x.shape[1 + a] for a in kept), -1)
-        weights, kernel_axes = conv_kernel(grad_chunk)
         dilations = (1,) * (len(kept) - 1) + (pack,)
+        if block == 1 and kernel_axes is not None:
+            # The kernel's sample axis (of 1) spans a leading image axis of 1.
+            y = onednn.convolution(image[:, None], weights, (0,) * (len(kept) + 1), out_dtype=jnp.float32,
+                                   dilations=(1,) + dilations, kernel_axes=kernel_axes)
+            return y[:, 0]
         if block == 1:
             # (unfolded taps · C_in, *kept taps (the last pack - 1 more), pack · C_out)
             return onednn.convolution(image, weights, (0,) * len(kept), out_dtype=jnp.float32, dilations=dilations,
@@ -580,24 +584,23 @@ def _conv_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padd
         return jnp.moveaxis(y, -2, 1).reshape(batch, *y.shape[1:-2], pack * cout)
 
     def conv_kernel(grad_chunk):
-        """The conv's kernel from a chunk of the output gradient, and its ``kernel_axes``: taps
-        (*kept, and 1 along the block's axis if ``block`` > 1), channels chunk · unfolded
-        positions -> pack · C_out."""
-        with_block = int(block > 1)
+        """The conv's kernel from a chunk of the output gradient and its ``kernel_axes`` (None:
+        in order): taps *kept (and 1 along the block's axis if ``block`` > 1), channels chunk ·
+        unfolded positions -> pack · C_out."""
         if grad_chunk.shape[0] == 1 and pack == 1:
-            # One sample, unpacked: the gradient as it lies (the kept axes lead, the unfolded ones
-            # merge into the channels; the sample's axis of 1 spans the block's), described by
-            # kernel_axes, since oneDNN copies every kernel into its own layout anyway. The bias
-            # sum then reads the same slice: HybridSN's step 0.824 -> 0.812 s (conv3).
+            # One sample, unpacked: the gradient as it lies, the kept axes leading, the unfolded
+            # ones merged into the channels and the sample's axis of 1 spanning the block's (or a
+            # leading image axis of 1), described by kernel_axes since oneDNN copies every kernel
+            # into its own layout anyway. XLA then slices each chunk once for the conv and the
+            # bias sum: HybridSN's step 0.824 -> 0.812 s (conv3), 0.800 -> 0.789 s (conv2).
             weights = grad_chunk.reshape(1, *out_sizes[:len(kept)], -1, cout)
-            taps = [1 + a for a in kept] + [0] * with_block
-            if not with_block:
-                weights, taps = weights[0], kept
-            return weights, (*taps, len(kept) + with_block, len(kept) + with_block + 1)
+            taps = [1 + a for a in kept]
+            taps = taps + [0] if block > 1 else [0] + taps
+            return weights, (*taps, len(kept) + 1, len(kept) + 2)
         weights = jnp.transpose(grad_chunk, [*(1 + a for a in kept), 0, *(1 + a for a in unfolded), spatial + 1])
         weights = weights.reshape(*(out_sizes[a] for a in kept[:-1]), out_sizes[last] // pack, pack, -1, cout)
         weights = jnp.swapaxes(weights, -3, -2).reshape(*weights.shape[:-3], -1, pack * cout)
-        return (weights[..., None, :, :] if with_block else weights), None
+        return (weights[..., None, :, :] if block > 1 else weights), None
 
     chunk = _chunk_samples(grad, KERNEL_GRAD_CHUNK_BYTES)
     kept_taps = [kernel_shape[a] for a in kept]
