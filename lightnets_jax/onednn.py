@@ -10,9 +10,10 @@ them with ``jax.ffi.ffi_call``. At HybridSN's shapes the convolution runs as fas
 The convolution is a forward (inference) primitive only: the layers get the input gradient from
 it as a convolution of the output gradient with the flipped kernel, and the kernel gradient as
 another convolution (3D, and HybridSN's depth-folded 2D one: the output gradient as its kernel)
-or from GEMMs over unfolded patches, run by ``matmul`` (other 2D ones). ``available()`` compiles and runs a tiny program
-to find out whether this jaxlib, on this backend, has both (False off CPU, on builds without
-oneDNN, with more than one device, and when ``LIGHTNETS_NO_ONEDNN=1`` is set).
+or from GEMMs over unfolded patches, run by ``matmul`` (other 2D ones). ``available()`` compiles
+and runs a tiny program to find out whether this jaxlib, on this backend, has both (False off
+CPU, on builds without oneDNN, with more than one device, and when ``LIGHTNETS_NO_ONEDNN=1`` is
+set).
 """
 
 from __future__ import annotations
@@ -68,8 +69,10 @@ def convolution(x: jax.Array, kernel: jax.Array, padding: Sequence[int], strides
 
     ``kernel_axes``: which of the kernel's axes hold (*taps, C_in / groups, C_out), for a kernel
     stored in another order. oneDNN copies every kernel into its own blocked layout before it
-    convolves, so this costs nothing and saves XLA a transpose (the kernel gradients below, whose
-    kernel is an output gradient)."""
+    convolves, so this costs nothing and saves XLA a transpose (the kernel gradients in
+    ``models/layers.py``, whose kernel is an output gradient). The input and output stay
+    channels-last: described in another order, they made oneDNN fall back to its reference
+    kernel (seconds per call)."""
     spatial = x.ndim - 2
     kernel_axes = tuple(kernel_axes or range(kernel.ndim))
     if sorted(kernel_axes) != list(range(kernel.ndim)):
