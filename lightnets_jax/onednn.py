@@ -33,14 +33,13 @@ DISABLE_ENV = "LIGHTNETS_NO_ONEDNN"
 
 
 def _config(rank: int, taps: Sequence[int], padding: Sequence[int], strides: Sequence[int], groups: int,
-            post_ops: Sequence[str] = (), dilations: Sequence[int] | None = None,
-            kernel_axes: Sequence[int] | None = None) -> str:
+            post_ops: Sequence[str], dilations: Sequence[int], kernel_axes: Sequence[int]) -> str:
     """The ``BackendConfig`` JSON of a convolution over channels-last (N, *spatial, C) input and
-    output and a kernel whose axes ``kernel_axes`` hold (*taps, C_in / groups, C_out) (default in
-    that order), then ``post_ops`` ("BIAS": add the third operand per channel, "RELU"). Axis
-    numbers are 0-based, dilations 1-based (the encoding of jaxlib 0.10's ``onednn_convolution.cc``)."""
+    output and a kernel whose axes ``kernel_axes`` hold (*taps, C_in / groups, C_out), then
+    ``post_ops`` ("BIAS": add the third operand per channel, "RELU"). Axis numbers are 0-based,
+    dilations 1-based (the encoding of jaxlib 0.10's ``onednn_convolution.cc``)."""
     spatial = rank - 2
-    kernel_axes = list(kernel_axes or range(rank))
+    kernel_axes = list(kernel_axes)
     data = {"batch_dim": 0, "feature_dim": rank - 1, "spatial_dims": list(range(1, spatial + 1))}
     return json.dumps({"onednn_conv_config": {
         "dims": rank,
@@ -49,7 +48,7 @@ def _config(rank: int, taps: Sequence[int], padding: Sequence[int], strides: Seq
                                             "spatial_dims": kernel_axes[:-2]}},
         "output": {"dims": rank, "data": data},
         "window": {"size": list(taps), "pad_left": list(padding), "pad_right": list(padding),
-                   "strides": list(strides), "window_dilations": list(dilations or [1] * spatial)},
+                   "strides": list(strides), "window_dilations": list(dilations)},
         "feature_groups": groups,
         "fusions": {"ops": list(post_ops)},
     }})

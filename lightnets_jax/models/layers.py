@@ -569,19 +569,17 @@ def _conv_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padd
                    for taps in itertools.product(*(range(kernel_shape[a]) for a in unfolded))]
         image = jnp.stack(windows).reshape(batch, *(x.shape[1 + a] for a in kept), -1)
         dilations = (1,) * (len(kept) - 1) + (pack,)
-        if block == 1 and kernel_axes is not None:
-            # The kernel's sample axis (of 1) spans a leading image axis of 1.
-            y = onednn.convolution(image[:, None], weights, (0,) * (len(kept) + 1), out_dtype=jnp.float32,
-                                   dilations=(1,) + dilations, kernel_axes=kernel_axes)
-            return y[:, 0]
-        if block == 1:
-            # (unfolded taps · C_in, *kept taps (the last pack - 1 more), pack · C_out)
-            return onednn.convolution(image, weights, (0,) * len(kept), out_dtype=jnp.float32, dilations=dilations,
-                                      kernel_axes=kernel_axes)
-        image = jnp.moveaxis(image.reshape(batch // block, block, *image.shape[1:]), 1, -2)
-        y = onednn.convolution(image, weights, (0,) * (len(kept) + 1), out_dtype=jnp.float32,
-                               dilations=dilations + (1,), kernel_axes=kernel_axes)
-        return jnp.moveaxis(y, -2, 1).reshape(batch, *y.shape[1:-2], pack * cout)
+        if block > 1:  # the batch in blocks along an extra last axis, which the kernel spans 1 of
+            image = jnp.moveaxis(image.reshape(batch // block, block, *image.shape[1:]), 1, -2)
+            dilations += (1,)
+        elif kernel_axes is not None:  # the kernel's sample axis (of 1) spans a leading image axis of 1
+            image, dilations = image[:, None], (1,) + dilations
+        y = onednn.convolution(image, weights, (0,) * len(dilations), out_dtype=jnp.float32, dilations=dilations,
+                               kernel_axes=kernel_axes)
+        # -> (unfolded taps · C_in, *kept taps (the last pack - 1 more), pack · C_out)
+        if block > 1:
+            return jnp.moveaxis(y, -2, 1).reshape(batch, *y.shape[1:-2], pack * cout)
+        return y[:, 0] if kernel_axes is not None else y
 
     def conv_kernel(grad_chunk):
         """The conv's kernel from a chunk of the output gradient and its ``kernel_axes`` (None:
@@ -619,8 +617,8 @@ def _conv_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padd
 def _unfold_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padding: int) -> Array:
     """The kernel gradient of a stride-1 convolution as ``_unfold_shift_add``'s transpose, a few
     samples at a time: the input unfolded over the trailing spatial axes, the output gradient
-    shifted once per first-axis tap, one oneDNN matmul (25 % faster than XLA's dot at HybridSN's
-    conv3/conv4 shapes) accumulated in float32."""
+    shifted once per first-axis tap, one oneDNN matmul (25 % faster than XLA's dot at the shapes of
+    HybridSN's conv3/conv4, which have since moved to convolutions) accumulated in float32."""
     spatial = grad.ndim - 2
     if padding:
         x = jnp.pad(x, ((0, 0),) + ((padding, padding),) * spatial + ((0, 0),))
