@@ -47,8 +47,8 @@ def example_shape(name: str, batch_size: int) -> tuple[int, ...]:
     return (batch_size, side, side, 3)
 
 
-def _jax_steps(name: str, x: np.ndarray, y: np.ndarray, conv_impl: str):
-    model = models.create(name, conv_impl=conv_impl)
+def _jax_steps(name: str, x: np.ndarray, y: np.ndarray, conv_impl: str, bf16: bool):
+    model = models.create(name, conv_impl=conv_impl, dtype=jnp.bfloat16 if bf16 else None)
     tx = optax.sgd(0.01, momentum=0.9)
     state = engine.create_train_state(model, tx, jnp.asarray(x[:1]), seed=0)
     train = jax.jit(engine.train_step, donate_argnums=0)
@@ -71,7 +71,9 @@ def _torch_device(torch) -> str:
     return "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
 
 
-def _torch_steps(name: str, x: np.ndarray, y: np.ndarray):
+def _torch_steps(name: str, x: np.ndarray, y: np.ndarray, bf16: bool):
+    import contextlib
+
     import torch
 
     from lightnets_jax import reference_torch
@@ -87,17 +89,21 @@ def _torch_steps(name: str, x: np.ndarray, y: np.ndarray):
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     optimizer = torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9)
     criterion = torch.nn.CrossEntropyLoss()
+    # bfloat16 compute with float32 parameters, PyTorch's way (JAX's: the model's ``dtype``).
+    compute = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     def train_once():
         module.train()
         optimizer.zero_grad()
-        criterion(module(xt), yt).backward()
+        with compute():
+            loss = criterion(module(xt), yt)
+        loss.backward()
         optimizer.step()
         sync()
 
     def eval_once():
         module.eval()
-        with torch.no_grad():
+        with torch.no_grad(), compute():
             module(xt)
         sync()
 
@@ -117,8 +123,9 @@ def pipeline_images_per_s(batch_size: int, batches: int = 20) -> float:
 
 
 def run(name: str, batch_size: int = 128, steps: int = 5, compare_torch: bool = False,
-        conv_impl: str = "fast", warmup: int = WARMUP_ROUNDS) -> dict:
-    """Median images/s over ``steps`` timed steps per phase, after ``warmup`` untimed rounds."""
+        conv_impl: str = "fast", warmup: int = WARMUP_ROUNDS, bf16: bool = False) -> dict:
+    """Median images/s over ``steps`` timed steps per phase, after ``warmup`` untimed rounds;
+    ``bf16``: bfloat16 compute with float32 parameters in both frameworks."""
     if warmup < 1 or steps < 1:
         raise ValueError(f"bench needs --warmup >= 1 (the first step compiles) and --steps >= 1, "
                          f"got {warmup} and {steps}")
@@ -126,11 +133,11 @@ def run(name: str, batch_size: int = 128, steps: int = 5, compare_torch: bool = 
     x = rng.standard_normal(example_shape(name, batch_size)).astype(np.float32)
     num_classes = models.create(name).num_classes
     y = rng.integers(0, num_classes, batch_size).astype(np.int32)
-    frameworks = {"jax": _jax_steps(name, x, y, conv_impl)}
+    frameworks = {"jax": _jax_steps(name, x, y, conv_impl, bf16)}
     if compare_torch:
-        frameworks["torch"] = _torch_steps(name, x, y)
+        frameworks["torch"] = _torch_steps(name, x, y, bf16)
     result: dict = {"model": name, "batch_size": batch_size, "steps": steps, "conv_impl": conv_impl,
-                    "machine": machine_line()}
+                    "compute_dtype": "bfloat16" if bf16 else "float32", "machine": machine_line()}
     if x.shape[1:] == (32, 32, 3):  # a CIFAR-10 model: can its input pipeline keep up with the step?
         result["pipeline_images_per_s"] = pipeline_images_per_s(batch_size)
     result["warmup_rounds"] = warmup
@@ -170,14 +177,18 @@ def machine_line() -> str:
         torch_version = f", torch {torch.__version__} ({torch_device})"
     except ImportError:
         pass
-    dispatch = "async" if jax.config.read("jax_cpu_enable_async_dispatch") else "sync"
+    try:
+        dispatch = "async" if jax.config.read("jax_cpu_enable_async_dispatch") else "sync"
+    except (AttributeError, KeyError):  # a jax without the setting
+        dispatch = "default"
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} on "
             f"{device.platform} ({device.device_kind}){torch_version}, {cpu_memory.describe()}, {dispatch} CPU dispatch, "
             f"{onednn.describe()}")
 
 
 def format_row(result: dict) -> str:
-    line = (f"{result['model']:<14} train {result['jax_train_images_per_s']:8.1f} img/s  "
+    model = result["model"] + (" bf16" if result.get("compute_dtype") == "bfloat16" else "")
+    line = (f"{model:<19} train {result['jax_train_images_per_s']:8.1f} img/s  "
             f"eval {result['jax_eval_images_per_s']:8.1f} img/s")
     if "torch_train_images_per_s" in result:
         line += (f"  | torch train {result['torch_train_images_per_s']:8.1f} eval {result['torch_eval_images_per_s']:8.1f}"

@@ -99,7 +99,7 @@ def _bench(args) -> int:
     for name in args.models:
         models.create(name)  # unknown names fail before any compile
         result = bench.run(name, args.batch_size, args.steps, args.compare_torch, args.conv_impl,
-                           bench.WARMUP_ROUNDS if args.warmup is None else args.warmup)
+                           bench.WARMUP_ROUNDS if args.warmup is None else args.warmup, bf16=args.bf16)
         results.append(result)
         print(json.dumps(result) if args.json else bench.format_row(result), flush=True)
     if not args.json:
@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="untimed train+eval rounds first (default 3; the first compiles; reported apart)")
     bench.add_argument("--compare-torch", action="store_true", help="time the note's PyTorch code, interleaved")
     bench.add_argument("--conv-impl", choices=["fast", "reference"], default="fast")
+    bench.add_argument("--bf16", action="store_true",
+                       help="bfloat16 compute, float32 parameters (PyTorch under torch.autocast)")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=_bench)
     return parser
