@@ -53,6 +53,20 @@ def test_lightnets_bench_times_both_frameworks_and_the_input_pipeline():
                                                         + sorted(result[key]["samples_s"])[1] / 2)
 
 
+@pytest.mark.slow
+def test_bench_bf16_computes_in_bfloat16_in_both_frameworks(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from lightnets_jax import bench
+
+    autocast_dtypes = []
+    real_autocast = torch.autocast
+    monkeypatch.setattr(torch, "autocast", lambda *a, **k: autocast_dtypes.append(k["dtype"]) or real_autocast(*a, **k))
+    result = bench.run("hybridsn", batch_size=2, steps=1, compare_torch=True, warmup=1, bf16=True)
+    assert result["compute_dtype"] == "bfloat16" and "hybridsn bf16" in bench.format_row(result)
+    assert set(autocast_dtypes) == {torch.bfloat16} and len(autocast_dtypes) == 4  # warm-up and timed, train and eval
+    assert bench.run("hybridsn", batch_size=2, steps=1, warmup=1)["compute_dtype"] == "float32"
+
+
 def test_bench_refuses_no_warmup():
     from lightnets_jax import bench
 

@@ -157,7 +157,7 @@ def test_dense_fast_is_onednns_matmul_and_matches_xlas_dot():
     _assert_same_values_and_gradients(apply(fast), apply(reference), x, params["kernel"])
     text = jax.jit(jax.grad(lambda x: jnp.sum(apply(fast)(x, params["kernel"])))).lower(x).compile().as_text()
     assert 'custom_call_target="__onednn$matmul"' in text
-    with pytest.raises(ValueError, match="dense impl"):
+    with pytest.raises(ValueError, match="conv impl"):
         layers.Dense(6, impl="gemm").init(jax.random.key(0), x)
 
 

@@ -146,3 +146,23 @@ def test_batch_stats_update_only_in_train_mode():
     assert not np.allclose(before[("bn1", "mean")], after[("bn1", "mean")])
     eval_out = model.apply(variables, x, train=False)
     np.testing.assert_array_equal(eval_out, model.apply(variables, x, train=False))
+
+
+@pytest.mark.parametrize("name, shape", [("mobilenet_v2", (2, 32, 32, 3)), ("hybridsn_bn", (2, 25, 25, 30))])
+def test_fast_means_xlas_convolutions_off_cpu(name, shape, monkeypatch):
+    """On GPU/TPU ``conv_impl="fast"`` traces the very program of ``"reference"`` (cuDNN beat the
+    CPU formulations there); on CPU it is a different program."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(shape, np.float32))
+    fast, reference = models.create(name), models.create(name, conv_impl="reference")
+    variables = reference.init(jax.random.key(0), x, train=False)
+
+    def programs():
+        return [str(jax.make_jaxpr(lambda v, x, m=m: m.apply(v, x, train=train, rngs={"dropout": jax.random.key(1)},
+                                                               mutable=["batch_stats"] if train else False))(variables, x))
+                for train in (False, True) for m in (fast, reference)]
+
+    on_cpu = programs()
+    assert on_cpu[0] != on_cpu[1] and on_cpu[2] != on_cpu[3]
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    off_cpu = programs()
+    assert off_cpu[0] == off_cpu[1] and off_cpu[2] == off_cpu[3]

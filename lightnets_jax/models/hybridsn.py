@@ -12,7 +12,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lightnets_jax.models.layers import BatchNorm, Conv, Dense, check_input
+from lightnets_jax.models.layers import BatchNorm, Conv, Dense, check_input, resolve_impl
 
 # (output channels, kernel (depth, height, width)) of the three 3D convs.
 CONV3D_CFG = ((8, (7, 3, 3)), (16, (5, 3, 3)), (32, (3, 3, 3)))
@@ -71,9 +71,10 @@ class HybridSN(nn.Module):
     def _conv_bn_relu(self, features: int, kernel: tuple[int, ...], x, train: bool, name: str,
                       fold_depth: bool = False):
         # Without BatchNorm the ReLU goes into the conv, which fuses it on the oneDNN path. At
-        # inference on the fast path, BatchNorm folds into the conv's kernel and bias, and the ReLU
+        # inference on the CPU's fast path, BatchNorm folds into the conv's kernel and bias, and the ReLU
         # goes in as well: one pass over the output instead of three.
-        fold = self.batch_norm and not train and self.conv_impl == "fast" and not self.is_initializing()
+        fold = (self.batch_norm and not train and resolve_impl(self.conv_impl) == "fast"
+                and not self.is_initializing())
         conv = Conv(features, kernel, use_bias=True, relu=not self.batch_norm or fold, init_scheme=self.init_scheme,
                     impl=self.conv_impl, dtype=self.dtype, fold_depth=fold_depth, name=f"{name}_0")
         if not self.batch_norm:
