@@ -166,6 +166,35 @@ def test_depth_folded_conv_names_the_shapes_it_needs():
         layers.Conv(6, (3, 3), fold_depth=True).init(jax.random.key(0), jnp.zeros((3, 7, 6, 4)))
 
 
+@pytest.mark.parametrize("shape", [(6, 5, 7, 4), (3, 4, 5, 6, 8)])
+def test_batch_norm_relu_matches_autodiff_of_batch_norm_then_relu(shape):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(shape) * 2 + 0.7, np.float32)
+    params = {"scale": jnp.asarray(rng.uniform(0.5, 1.5, shape[-1]), np.float32),
+              "bias": jnp.asarray(rng.standard_normal(shape[-1]), np.float32)}
+    stats = layers.BatchNorm(False).init(jax.random.key(0), x)["batch_stats"]
+
+    def train_mode(module, relu_after):
+        def f(x, params):
+            y, updates = module.apply({"params": params, "batch_stats": stats}, x, mutable=["batch_stats"])
+            return (jax.nn.relu(y) if relu_after else y), updates
+        return f
+
+    fused, plain = train_mode(layers.BatchNorm(False, relu=True), False), train_mode(layers.BatchNorm(False), True)
+    (y_fused, stats_fused), (y_plain, stats_plain) = fused(x, params), plain(x, params)
+    np.testing.assert_array_equal(y_fused, y_plain)
+    for got, want in zip(jax.tree.leaves(stats_fused), jax.tree.leaves(stats_plain)):
+        np.testing.assert_array_equal(got, want)
+    cotangent = jnp.asarray(rng.standard_normal(shape), np.float32)
+    grads_fused = jax.vjp(lambda x, p: fused(x, p)[0], x, params)[1](cotangent)
+    grads_plain = jax.vjp(lambda x, p: plain(x, p)[0], x, params)[1](cotangent)
+    for got, want in zip(jax.tree.leaves(grads_fused), jax.tree.leaves(grads_plain)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(want))))
+    eval_mode = layers.BatchNorm(True, relu=True).apply({"params": params, "batch_stats": stats}, x)
+    np.testing.assert_array_equal(eval_mode, jax.nn.relu(layers.BatchNorm(True).apply(
+        {"params": params, "batch_stats": stats}, x)))
+
+
 def _assert_same_values_and_gradients(fast, reference, x, k):
     def loss(conv):
         def f(x, k):

@@ -79,7 +79,7 @@ class HybridSN(nn.Module):
                     impl=self.conv_impl, dtype=self.dtype, fold_depth=fold_depth, name=f"{name}_0")
         if not self.batch_norm:
             return conv(x, train)
-        batch_norm = BatchNorm(not train, name=f"{name}_1")
+        batch_norm = BatchNorm(not train, relu=True, name=f"{name}_1")
         if fold:
             return conv(x, train, affine=batch_norm.inference_affine())
-        return nn.relu(batch_norm(conv(x, train)))
+        return batch_norm(conv(x, train))

@@ -189,7 +189,8 @@ class Dense(nn.Module):
 
 
 class BatchNorm(nn.Module):
-    """``torch.nn.BatchNorm{1,2,3}d`` over the last axis, running statistics in ``batch_stats``.
+    """``torch.nn.BatchNorm{1,2,3}d`` over the last axis, running statistics in ``batch_stats``;
+    ``relu=True`` applies a ReLU after it (in training as one op with a hand-written backward).
 
     Train mode normalizes with the biased batch variance and folds the *unbiased* variance into
     the running estimate, exactly as PyTorch does, so converted checkpoints keep evolving alike.
@@ -199,6 +200,7 @@ class BatchNorm(nn.Module):
     use_running_average: bool
     momentum: float = 0.1
     epsilon: float = 1e-5
+    relu: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -209,18 +211,21 @@ class BatchNorm(nn.Module):
         running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
         if self.use_running_average:
             mean, var = running_mean.value, running_var.value
+            multiplier, shift = self._affine(scale, bias, mean, var)
+            y = _affine_relu(x, multiplier, shift, self.relu)
         else:
-            axes = tuple(range(x.ndim - 1))
-            x32 = x.astype(jnp.float32)
-            mean = jnp.mean(x32, axes)
-            var = jnp.mean(jnp.square(x32 - mean), axes)
+            if self.relu:
+                y, mean, var = batch_norm_relu(x, scale, bias, self.epsilon)
+                mean, var = lax.stop_gradient(mean), lax.stop_gradient(var)
+            else:
+                mean, var = _batch_moments(x)
+                y = _affine_relu(x, *self._affine(scale, bias, mean, var), relu=False)
             if not self.is_initializing():
                 count = math.prod(x.shape[:-1])
                 unbiased = var * (count / max(count - 1, 1))
                 running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
                 running_var.value = (1 - self.momentum) * running_var.value + self.momentum * unbiased
-        multiplier, shift = self._affine(scale, bias, mean, var)
-        return (x * multiplier.astype(x.dtype) + shift.astype(x.dtype)).astype(x.dtype)
+        return y
 
     def inference_affine(self) -> tuple[Array, Array]:
         """What eval mode applies, as a per-channel (multiplier, shift) from the stored parameters
@@ -231,6 +236,61 @@ class BatchNorm(nn.Module):
     def _affine(self, scale: Array, bias: Array, mean: Array, var: Array) -> tuple[Array, Array]:
         multiplier = scale * lax.rsqrt(var + self.epsilon)
         return multiplier, bias - mean * multiplier
+
+
+def _batch_moments(x: Array) -> tuple[Array, Array]:
+    """Per-channel mean and biased variance over all but the last axis, in float32."""
+    axes = tuple(range(x.ndim - 1))
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axes)
+    return mean, jnp.mean(jnp.square(x32 - mean), axes)
+
+
+def _affine_relu(x: Array, multiplier: Array, shift: Array, relu: bool) -> Array:
+    y = (x * multiplier.astype(x.dtype) + shift.astype(x.dtype)).astype(x.dtype)
+    return jax.nn.relu(y) if relu else y
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_relu(x: Array, scale: Array, bias: Array, epsilon: float) -> tuple[Array, Array, Array]:
+    """Train-mode BatchNorm followed by ReLU: (output, batch mean, biased batch variance).
+
+    The same numbers as autodiff of the two, with a backward that makes fewer passes over the
+    activations: autodiff materializes the ReLU's masked gradient and reduces it, and the
+    gradient times the normalized input, in separate passes; here the mask is recomputed inside
+    each reduction and the input gradient is one elementwise pass, using
+    sum(g * x_hat) = rstd * (sum(g * x) - mean * sum(g)). The mean and variance are for the running
+    statistics only: their cotangents are ignored, so callers stop their gradients.
+    """
+    return _batch_norm_relu_fwd(x, scale, bias, epsilon)[0]
+
+
+def _batch_norm_relu_fwd(x, scale, bias, epsilon):
+    mean, var = _batch_moments(x)
+    rstd = lax.rsqrt(var + epsilon)
+    multiplier = scale * rstd
+    y = _affine_relu(x, multiplier, bias - mean * multiplier, relu=True)
+    return (y, mean, var), (x, y, scale, mean, rstd)
+
+
+def _batch_norm_relu_bwd(epsilon, residuals, cotangents):
+    x, y, scale, mean, rstd = residuals
+    grad = cotangents[0]  # mean and var feed only the running statistics (stop_gradient)
+    axes = tuple(range(x.ndim - 1))
+    count = math.prod(x.shape[:-1])
+    live = y > 0
+    grad32, x32 = grad.astype(jnp.float32), x.astype(jnp.float32)
+    grad_bias = jnp.sum(jnp.where(live, grad32, 0), axes)
+    grad_scale = rstd * (jnp.sum(jnp.where(live, grad32 * x32, 0), axes) - mean * grad_bias)
+    # dx = scale * rstd * (g - mean(g) - x_hat * mean(g * x_hat)), with x_hat = (x - mean) * rstd
+    multiplier = scale * rstd
+    x_coefficient = multiplier * rstd * grad_scale / count
+    constant = multiplier * grad_bias / count - mean * x_coefficient
+    grad_x = jnp.where(live, multiplier * grad32, 0) - constant - x32 * x_coefficient
+    return grad_x.astype(x.dtype), grad_scale, grad_bias
+
+
+batch_norm_relu.defvjp(_batch_norm_relu_fwd, _batch_norm_relu_bwd)
 
 
 def _conv(x: Array, kernel: Array, strides: int, padding: int, groups: int) -> Array:
