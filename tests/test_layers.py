@@ -92,16 +92,34 @@ KERNEL_GRAD_CASES = {
 def test_conv_kernel_grad_matches_autodiff_of_xla_convolution(case, monkeypatch):
     x_shape, k_shape, padding, chunk_bytes = KERNEL_GRAD_CASES[case]
     monkeypatch.setattr(layers, "KERNEL_GRAD_CHUNK_BYTES", chunk_bytes)
+    _check_kernel_and_bias_grad(layers._conv_kernel_grad, x_shape, k_shape, padding)
+
+
+# The merged-axis formulation: batch 6 in chunks of 2 (SAMPLE_CHANNELS_CHUNK 4 does not divide
+# it), unequal taps, C_in 8 (conv2's) and 3, padding.
+MERGED_AXIS_CASES = {
+    "eight_channels": ((6, 7, 6, 8, 8), (3, 2, 3, 8, 16), 0),
+    "three_channels_padded": ((4, 6, 5, 7, 3), (2, 3, 2, 3, 5), 1),
+}
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", sorted(MERGED_AXIS_CASES))
+def test_merged_axis_kernel_grad_matches_autodiff_of_xla_convolution(case):
+    _check_kernel_and_bias_grad(layers._merged_axis_kernel_grad, *MERGED_AXIS_CASES[case])
+
+
+def _check_kernel_and_bias_grad(kernel_grad, x_shape, k_shape, padding):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal(x_shape, np.float32))
     k = jnp.asarray(rng.standard_normal(k_shape, np.float32))
     y, vjp = jax.vjp(lambda k: layers._conv(x, k, 1, padding, groups=1), k)
     grad = jnp.asarray(rng.standard_normal(y.shape, np.float32))
     expected = vjp(grad)[0]
-    got, bias = jax.jit(lambda x, grad: layers._conv_kernel_grad(x, grad, k_shape, padding, True))(x, grad)
+    got, bias = jax.jit(lambda x, grad: kernel_grad(x, grad, k_shape, padding, True))(x, grad)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(expected))))
     np.testing.assert_allclose(bias, jnp.sum(grad, axis=(0, 1, 2, 3)), rtol=1e-4, atol=1e-4)
-    assert jax.jit(lambda x, grad: layers._conv_kernel_grad(x, grad, k_shape, padding))(x, grad)[1] is None
+    assert jax.jit(lambda x, grad: kernel_grad(x, grad, k_shape, padding))(x, grad)[1] is None
 
 
 @needs_onednn
@@ -135,10 +153,10 @@ def test_depth_folded_conv_is_the_2d_conv_of_pytorchs_reshape(padding):
 @needs_onednn
 @pytest.mark.parametrize("padding", [0, 1])
 def test_folded_kernel_grad_matches_autodiff_of_the_folded_2d_convolution(padding):
-    # Batch 12 in chunks of 4 (FOLDED_GRAD_CHUNK 8 does not divide it), a 3x2 kernel (unequal
+    # Batch 6 in chunks of 2 (SAMPLE_CHANNELS_CHUNK 4 does not divide it), a 3x2 kernel (unequal
     # taps), padding.
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((12, 5, 7, 6, 3), np.float32))
+    x = jnp.asarray(rng.standard_normal((6, 5, 7, 6, 3), np.float32))
     k = jnp.asarray(rng.standard_normal((3, 2, 3 * 5, 4), np.float32))
     y, vjp = jax.vjp(lambda k: layers._conv(layers.fold_depth(x), k, 1, padding, groups=1), k)
     grad = jnp.asarray(rng.standard_normal(y.shape, np.float32))

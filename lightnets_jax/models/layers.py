@@ -453,9 +453,12 @@ def _sum_over_chunks(per_chunk: Callable[[Array, Array], Any], x: Array, grad: A
 # per-layer sums were within 1 %. The MobileNet stems' im2col infers 8 samples at a time.
 IM2COL_CHUNK = 8
 UNFOLD_CHUNK = 2
-# Samples per convolution of HybridSN's conv4 kernel gradient: alone 2 / 4 / 8 / 16: 94.4 / 88.8 /
-# 87.4 / 100.4 ms.
-FOLDED_GRAD_CHUNK = 8
+# Samples per convolution of the kernel gradients that take the samples as input channels
+# (``_folded_kernel_grad``, ``_merged_axis_kernel_grad``), alone at 2 / 4 / 8 / 16 samples:
+# HybridSN's conv4 94.4 / 88.8 / 87.4 / 100.4 ms, conv3 119.9 / 115.6 / 117.4 / 123.0 ms, conv2
+# 85.2 / 73.0 / 72.4 / 77.4 ms; HybridSN's step at 4 / 8 / 16: 0.843 / 0.861 / 0.875 s, and 0.799 s
+# at 4 against 0.806 s at 8 (0.807 s with conv4's at 8, the others at 4).
+SAMPLE_CHANNELS_CHUNK = 4
 # Smallest GEMM contraction worth the unfold-and-shift-add formulation (docs/performance.md).
 MIN_CONTRACTION = 64
 # The kernel gradient as oneDNN convolutions (``_conv_kernel_grad``): output-gradient bytes per
@@ -537,7 +540,9 @@ def _onednn_conv_bwd(padding, relu, residuals, grad):
     grad, grad_bias = _through_relu_and_bias(grad, y, has_bias and not bias_in_loop)
     grad_x = onednn.input_gradient(grad, kernel, (padding,) * spatial)
     if spatial == 3:
-        grad_kernel, loop_bias = _conv_kernel_grad(x, grad, kernel.shape, padding, bias_in_loop)
+        merge = kernel.shape[2] * kernel.shape[3] >= onednn.PACKED_CHANNELS
+        kernel_grad = _merged_axis_kernel_grad if merge else _conv_kernel_grad
+        grad_kernel, loop_bias = kernel_grad(x, grad, kernel.shape, padding, bias_in_loop)
         return grad_x, grad_kernel, loop_bias if bias_in_loop else grad_bias
     if math.prod(kernel.shape[1:spatial]) * kernel.shape[-2] >= MIN_CONTRACTION:
         return grad_x, _unfold_kernel_grad(x, grad, kernel.shape, padding), grad_bias
@@ -687,6 +692,42 @@ def _conv_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padd
     return total.astype(x.dtype), (bias[0].astype(x.dtype) if with_bias else None)
 
 
+def _merged_axis_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padding: int,
+                             with_bias: bool = False) -> tuple[Array, Array | None]:
+    """The kernel gradient of a stride-1 3D convolution as oneDNN convolutions over
+    ``SAMPLE_CHANNELS_CHUNK`` samples at a time, the samples as their input channels:
+
+        dK[a, b, c, i, o] = sum over n, d, h, w of x[n, d + a, h + b, w + c, i] * grad[n, d, h, w, o]
+
+    is a 3D convolution of the chunk moved to (D, H, W · C_in, N) (a 2D transpose: the samples
+    innermost; W and C_in then one axis) with the output gradient as its kernel, as it lies
+    (``kernel_axes``): taps (OD, OH, OW), the last C_in apart along the merged axis, N -> O
+    channels. Its output (kd, kh, kw · C_in, O) is the kernel gradient, with kw · C_in positions
+    along its last axis for oneDNN to block over (48 for HybridSN's conv3, 24 for conv2) and no
+    multiply-adds on zeros, where ``_conv_kernel_grad`` copies shifted windows of each sample
+    with C_in as the batch. Alone, conv3 154.0 -> 115.6 ms and conv2 101.7 -> 72.4 ms
+    (docs/performance.md, twelfth round); conv1 (C_in 1: 3 positions) 32.7 -> 66.5, so it keeps
+    ``_conv_kernel_grad``. Returns the kernel gradient and, ``with_bias``, the bias gradient summed
+    in the same loop, else None.
+    """
+    if padding:
+        x = jnp.pad(x, ((0, 0),) + ((padding, padding),) * 3 + ((0, 0),))
+    _, depth, height, width, cin = x.shape
+    cout = kernel_shape[-1]
+
+    def per_chunk(x_chunk, grad_chunk):
+        image = jnp.transpose(x_chunk, (1, 2, 3, 4, 0)).reshape(1, depth, height, width * cin, -1)
+        kernel = onednn.convolution(image, grad_chunk, (0, 0, 0), out_dtype=jnp.float32, dilations=(1, 1, cin),
+                                    kernel_axes=(1, 2, 3, 0, 4))
+        bias = (jnp.sum(grad_chunk, axis=(0, 1, 2, 3), dtype=jnp.float32),) if with_bias else ()
+        return (kernel, *bias)
+
+    chunk = math.gcd(x.shape[0], SAMPLE_CHANNELS_CHUNK)
+    total_shape = (1, *kernel_shape[:2], kernel_shape[2] * cin, cout)
+    total, *bias = _sum_over_chunks(per_chunk, x, grad, chunk, (total_shape, (cout,))[:1 + with_bias])
+    return total.reshape(kernel_shape).astype(x.dtype), (bias[0].astype(x.dtype) if with_bias else None)
+
+
 def _unfold_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padding: int) -> Array:
     """The kernel gradient of a stride-1 convolution as ``_unfold_shift_add``'s transpose, a few
     samples at a time: the input unfolded over the trailing spatial axes, the output gradient
@@ -713,7 +754,7 @@ def _unfold_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], pa
 
 def _folded_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padding: int) -> Array:
     """The kernel gradient of a stride-1 2D convolution of ``fold_depth(x)`` as oneDNN convolutions
-    over ``FOLDED_GRAD_CHUNK`` samples at a time, the samples as their input channels:
+    over ``SAMPLE_CHANNELS_CHUNK`` samples at a time, the samples as their input channels:
 
         dK[a, b, (c, d), o] = sum over n, h, w of x[n, d, h + a, w + b, c] * grad[n, h, w, o]
 
@@ -732,7 +773,7 @@ def _folded_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], pa
         return onednn.convolution(image, grad_chunk[:, :, :, None], (padding, padding, 0), out_dtype=jnp.float32,
                                   kernel_axes=(1, 2, 3, 0, 4))
 
-    chunk = math.gcd(x.shape[0], FOLDED_GRAD_CHUNK)
+    chunk = math.gcd(x.shape[0], SAMPLE_CHANNELS_CHUNK)
     total = _sum_over_chunks(per_chunk, x, grad, chunk, (depth, kh, kw, cin, cout))
     # (D, kh, kw, C, O) -> (kh, kw, C * D, O), the folded channel c * D + d.
     return jnp.transpose(total, (1, 2, 3, 0, 4)).reshape(kh, kw, cin * depth, cout).astype(x.dtype)
