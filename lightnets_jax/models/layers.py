@@ -527,8 +527,9 @@ def _onednn_conv_fwd(x, kernel, bias, padding, relu):
 
 def _onednn_conv_bwd(padding, relu, residuals, grad):
     # Input gradient: another oneDNN convolution (XLA drops it when nobody needs it, e.g. for the
-    # network's input). Kernel gradient: in 3D oneDNN convolutions over partly unfolded input
-    # (``_conv_kernel_grad``); in 2D the unfold formulation's GEMMs, or autodiff of ``conv_gemm``
+    # network's input). Kernel gradient: in 3D oneDNN convolutions, over a few samples as input
+    # channels with W and C_in merged into one axis where kw · C_in fills a 16-wide vector
+    # (``_merged_axis_kernel_grad``), else over partly unfolded input (``_conv_kernel_grad``); in 2D the unfold formulation's GEMMs, or autodiff of ``conv_gemm``
     # for thin contractions (RGB stems), which measured faster there (docs/performance.md).
     x, kernel, has_bias, y = residuals
     spatial = x.ndim - 2
@@ -610,7 +611,10 @@ def _conv_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...], padd
     kernel in L2. HybridSN's conv1-conv3 at batch 128: 64/197/233 ms -> 48/126/205 ms
     (docs/performance.md, ninth round; the tenth's packing, axis order and batch placement below).
     Returns the kernel gradient and, ``with_bias``, the bias gradient (``grad`` summed over all
-    but its channels), else None.
+    but its channels), else None. HybridSN's conv2 and conv3 have since moved to
+    ``_merged_axis_kernel_grad`` (faster wherever kw · C_in fills oneDNN's 16-wide vectors); conv1
+    (C_in 1) stays here, and the measurements below that name conv2 and conv3 are the history of
+    this formulation's one-sample and blocked paths, which the tests keep covering.
     """
     spatial = x.ndim - 2
     if padding:
