@@ -529,8 +529,9 @@ def _onednn_conv_bwd(padding, relu, residuals, grad):
     # Input gradient: another oneDNN convolution (XLA drops it when nobody needs it, e.g. for the
     # network's input). Kernel gradient: in 3D oneDNN convolutions, over a few samples as input
     # channels with W and C_in merged into one axis where kw · C_in fills a 16-wide vector
-    # (``_merged_axis_kernel_grad``), else over partly unfolded input (``_conv_kernel_grad``); in 2D the unfold formulation's GEMMs, or autodiff of ``conv_gemm``
-    # for thin contractions (RGB stems), which measured faster there (docs/performance.md).
+    # (``_merged_axis_kernel_grad``), else over partly unfolded input (``_conv_kernel_grad``); in
+    # 2D the unfold formulation's GEMMs, or autodiff of ``conv_gemm`` for thin contractions (RGB
+    # stems), which measured faster there (docs/performance.md).
     x, kernel, has_bias, y = residuals
     spatial = x.ndim - 2
     # Behind a fused 3D ReLU the bias gradient is summed chunk by chunk in the kernel gradient's
