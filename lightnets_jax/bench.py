@@ -7,6 +7,7 @@ or a finished backward/optimizer step (PyTorch, synchronous on CPU), and with
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
@@ -72,8 +73,6 @@ def _torch_device(torch) -> str:
 
 
 def _torch_steps(name: str, x: np.ndarray, y: np.ndarray, bf16: bool):
-    import contextlib
-
     import torch
 
     from lightnets_jax import reference_torch

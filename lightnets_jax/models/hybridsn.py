@@ -70,9 +70,10 @@ class HybridSN(nn.Module):
 
     def _conv_bn_relu(self, features: int, kernel: tuple[int, ...], x, train: bool, name: str,
                       fold_depth: bool = False):
-        # Without BatchNorm the ReLU goes into the conv, which fuses it on the oneDNN path. At
-        # inference on the CPU's fast path, BatchNorm folds into the conv's kernel and bias, and the ReLU
-        # goes in as well: one pass over the output instead of three.
+        # Without BatchNorm the ReLU goes into the conv, which fuses it on the oneDNN path; with
+        # it, into the BatchNorm (one op in training). At inference on the CPU's fast path,
+        # BatchNorm folds into the conv's kernel and bias, and the ReLU goes in as well: one pass
+        # over the output instead of three.
         fold = (self.batch_norm and not train and resolve_impl(self.conv_impl) == "fast"
                 and not self.is_initializing())
         conv = Conv(features, kernel, use_bias=True, relu=not self.batch_norm or fold, init_scheme=self.init_scheme,

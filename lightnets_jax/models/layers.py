@@ -210,21 +210,18 @@ class BatchNorm(nn.Module):
         running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
         running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
         if self.use_running_average:
-            mean, var = running_mean.value, running_var.value
-            multiplier, shift = self._affine(scale, bias, mean, var)
-            y = _affine_relu(x, multiplier, shift, self.relu)
+            return _affine_relu(x, *self._affine(scale, bias, running_mean.value, running_var.value), self.relu)
+        if self.relu:
+            y, mean, var = batch_norm_relu(x, scale, bias, self.epsilon)
+            mean, var = lax.stop_gradient(mean), lax.stop_gradient(var)
         else:
-            if self.relu:
-                y, mean, var = batch_norm_relu(x, scale, bias, self.epsilon)
-                mean, var = lax.stop_gradient(mean), lax.stop_gradient(var)
-            else:
-                mean, var = _batch_moments(x)
-                y = _affine_relu(x, *self._affine(scale, bias, mean, var), relu=False)
-            if not self.is_initializing():
-                count = math.prod(x.shape[:-1])
-                unbiased = var * (count / max(count - 1, 1))
-                running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
-                running_var.value = (1 - self.momentum) * running_var.value + self.momentum * unbiased
+            mean, var = _batch_moments(x)
+            y = _affine_relu(x, *self._affine(scale, bias, mean, var), relu=False)
+        if not self.is_initializing():
+            count = math.prod(x.shape[:-1])
+            unbiased = var * (count / max(count - 1, 1))
+            running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
+            running_var.value = (1 - self.momentum) * running_var.value + self.momentum * unbiased
         return y
 
     def inference_affine(self) -> tuple[Array, Array]:
