@@ -59,16 +59,9 @@ def _torch_module_prefix(flax_path: tuple[str, ...]) -> str:
 def expected_variables(name: str, **options: Any) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
     """Flattened (collection, *module path, leaf) → shape of the model's variables."""
     model = models.create(name, **options)
-    shape = _example_input_shape(model)
+    shape = models.example_shape(model)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
     return traverse_util.flatten_dict(dict(variables))
-
-
-def _example_input_shape(model) -> tuple[int, ...]:
-    if hasattr(model, "bands"):
-        return (1, model.patch_size, model.patch_size, model.bands)
-    side = model.input_size or 224
-    return (1, side, side, 3)
 
 
 def from_torch(name: str, state_dict: Mapping[str, Any], **options: Any) -> dict:

@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """How fast XLA's f32 matrix products run on this machine, at the shapes HybridSN's convs need.
 
-HybridSN's fast convolutions (``layers.conv_gemm``) are GEMMs over unfolded patches, so the dot
+HybridSN's fast convolutions (``ops.gemm_conv``, the fallback without oneDNN) are GEMMs over unfolded patches, so the dot
 rate bounds the whole model: HybridSN is 247.7 M multiply-adds per 25x25x30 patch
 (``lightnets summary``), and an inference step at batch 128 cannot take less than
 ``2 * 128 * MACs / rate`` seconds. This prints GFLOP/s per shape (M x K x N: rows of one
 chunk of samples, or of a batch of 128), JAX against PyTorch's ``matmul`` when torch is
-installed, and that bound (docs/performance.md, sixth round).
+installed, and that bound.
 
 Usage: python scripts/bench_gemm.py [--repeats 5] [--scale 1.0]
 """
@@ -21,16 +21,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lightnets_jax import summary
-from lightnets_jax.models.layers import UNFOLD_CHUNK
+from lightnets_jax.reports import summary
+from lightnets_jax.ops import config
 
-# (label, M, K, N) of HybridSN's GEMMs as the fast path runs them: UNFOLD_CHUNK samples at a time
+# (label, M, K, N) of HybridSN's GEMMs as the fast path runs them: config.get().unfold_chunk samples at a time
 # (unfold H,W or W; depth or row taps as extra outputs), and whole-batch references.
 SHAPES = (
     ("square 2048", 2048, 2048, 2048),
-    ("conv2 chunk", UNFOLD_CHUNK * 24 * 21 * 21, 72, 80),
-    ("conv3 chunk", UNFOLD_CHUNK * 20 * 19 * 19, 144, 96),
-    ("conv4 chunk", UNFOLD_CHUNK * 19 * 17, 1728, 192),
+    ("conv2 chunk", config.get().unfold_chunk * 24 * 21 * 21, 72, 80),
+    ("conv3 chunk", config.get().unfold_chunk * 20 * 19 * 19, 144, 96),
+    ("conv4 chunk", config.get().unfold_chunk * 19 * 17, 1728, 192),
     ("conv3 batch", 128 * 20 * 19 * 19, 144, 96),
     ("conv4 im2col", 128 * 17 * 17, 5184, 64),
 )

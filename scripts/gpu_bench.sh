@@ -36,7 +36,7 @@ for pass in "${passes[@]}"; do
 done
 python3 - "${files[@]}" <<'PY'
 import json, sys
-from lightnets_jax import bench
+from lightnets_jax.cli import bench
 for path in sys.argv[1:]:
     records = [json.loads(line) for line in open(path) if line.strip()]
     print(f"conv_impl={records[0]['conv_impl']}, {records[0]['compute_dtype']} ({path})")

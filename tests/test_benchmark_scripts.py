@@ -37,7 +37,7 @@ def test_bad_arguments_are_refused_with_the_fix(capsys):
 @pytest.mark.slow
 def test_lightnets_bench_times_both_frameworks_and_the_input_pipeline():
     pytest.importorskip("torch")
-    from lightnets_jax import bench
+    from lightnets_jax.cli import bench
 
     result = bench.run("mobilenet_v1", batch_size=4, steps=2, compare_torch=True)
     for key in ("jax_train_images_per_s", "jax_eval_images_per_s", "torch_train_images_per_s",
@@ -56,7 +56,7 @@ def test_lightnets_bench_times_both_frameworks_and_the_input_pipeline():
 @pytest.mark.slow
 def test_bench_bf16_computes_in_bfloat16_in_both_frameworks(monkeypatch):
     torch = pytest.importorskip("torch")
-    from lightnets_jax import bench
+    from lightnets_jax.cli import bench
 
     autocast_dtypes = []
     real_autocast = torch.autocast
@@ -68,7 +68,7 @@ def test_bench_bf16_computes_in_bfloat16_in_both_frameworks(monkeypatch):
 
 
 def test_bench_refuses_no_warmup():
-    from lightnets_jax import bench
+    from lightnets_jax.cli import bench
 
     with pytest.raises(ValueError, match="--warmup >= 1"):
         bench.run("mobilenet_v1", batch_size=2, steps=1, warmup=0)

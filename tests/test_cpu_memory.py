@@ -2,7 +2,7 @@ import os
 import subprocess
 import sys
 
-from lightnets_jax import cpu_memory
+from lightnets_jax.cli import cpu_memory
 
 KEEP_HEAP = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
 
@@ -54,7 +54,7 @@ def _run_python(code: str, env: dict[str, str], *args: str) -> str:
 
 
 def test_restart_sets_the_tunables_once_and_keeps_the_command_line():
-    code = ("import os, sys; from lightnets_jax import cpu_memory; cpu_memory.restart_with_tunables(); "
+    code = ("import os, sys; from lightnets_jax.cli import cpu_memory; cpu_memory.restart_with_tunables(); "
             "print(os.environ.get('GLIBC_TUNABLES', ''), sys.argv[1:])")
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", cpu_memory.OPT_OUT_ENV)}
     restart = cpu_memory.restart_environment({})
@@ -63,7 +63,7 @@ def test_restart_sets_the_tunables_once_and_keeps_the_command_line():
 
 
 def test_synchronous_dispatch_follows_the_heap_settings():
-    code = ("import jax; from lightnets_jax import cpu_memory; "
+    code = ("import jax; from lightnets_jax.cli import cpu_memory; "
             "print(cpu_memory.use_synchronous_dispatch_if_heap_kept(), jax.config.read('jax_cpu_enable_async_dispatch'))")
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     assert _run_python(code, {**env, "GLIBC_TUNABLES": KEEP_HEAP}) == "True False"

@@ -5,7 +5,8 @@ import pytest
 from flax import traverse_util
 
 from lightnets_jax import convert, models
-from lightnets_jax.summary import summarize
+from lightnets_jax.ops import config, onednn
+from lightnets_jax.reports.summary import summarize
 
 PARAMS = {
     "mobilenet_v1": 2_142_026,
@@ -149,20 +150,30 @@ def test_batch_stats_update_only_in_train_mode():
 
 
 @pytest.mark.parametrize("name, shape", [("mobilenet_v2", (2, 32, 32, 3)), ("hybridsn_bn", (2, 25, 25, 30))])
-def test_fast_means_xlas_convolutions_off_cpu(name, shape, monkeypatch):
-    """On GPU/TPU ``conv_impl="fast"`` traces the very program of ``"reference"`` (cuDNN beat the
-    CPU formulations there); on CPU it is a different program."""
+def test_fast_is_resolved_once_when_the_model_is_built(name, shape, monkeypatch):
+    """``models.create`` decides the kernels: on CPU the CPU kernels (oneDNN, or GEMMs when oneDNN
+    is switched off), a different program from ``"reference"``; on GPU/TPU XLA's own convolutions
+    (cuDNN beat the CPU kernels there), the very program of ``"reference"``."""
     x = jnp.asarray(np.random.default_rng(0).standard_normal(shape, np.float32))
-    fast, reference = models.create(name), models.create(name, conv_impl="reference")
+    reference = models.create(name, conv_impl="reference")
     variables = reference.init(jax.random.key(0), x, train=False)
 
-    def programs():
+    def programs(model):
         return [str(jax.make_jaxpr(lambda v, x, m=m: m.apply(v, x, train=train, rngs={"dropout": jax.random.key(1)},
                                                                mutable=["batch_stats"] if train else False))(variables, x))
-                for train in (False, True) for m in (fast, reference)]
+                for train in (False, True) for m in (model, reference)]
 
-    on_cpu = programs()
-    assert on_cpu[0] != on_cpu[1] and on_cpu[2] != on_cpu[3]
+    on_cpu = models.create(name)
+    assert on_cpu.conv_impl == ("onednn" if onednn.available() else "gemm")
+    with config.override(onednn=False):
+        assert models.create(name).conv_impl == "gemm"
+    cpu_programs = programs(on_cpu)
+    assert cpu_programs[0] != cpu_programs[1] and cpu_programs[2] != cpu_programs[3]
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    off_cpu = programs()
-    assert off_cpu[0] == off_cpu[1] and off_cpu[2] == off_cpu[3]
+    off_cpu = models.create(name)
+    assert off_cpu.conv_impl == "reference"
+    gpu_programs = programs(off_cpu)
+    assert gpu_programs[0] == gpu_programs[1] and gpu_programs[2] == gpu_programs[3]
+    # A layer is never handed the request itself: "fast" is for models.create to resolve.
+    with pytest.raises(ValueError, match="resolved by lightnets_jax.models.create"):
+        models.HybridSN(conv_impl="fast").init(jax.random.key(0), jnp.zeros((1, 25, 25, 30)))

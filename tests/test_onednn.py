@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-from lightnets_jax import models, onednn
-from lightnets_jax.models import layers
-from tests.markers import needs_onednn
+from lightnets_jax import models, ops
+from lightnets_jax.ops import config, onednn, reference
+from tests.support import needs_onednn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,11 +27,11 @@ def test_available_on_x86_cpu():
     assert onednn.describe() == "oneDNN convs"
 
 
-@pytest.mark.parametrize("setting", [{onednn.DISABLE_ENV: "1"},
+@pytest.mark.parametrize("setting", [{config.DISABLE_ONEDNN_ENV: "1"},
                                      {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}])
 def test_off_when_disabled_or_with_several_devices(setting):
     # Several devices keep the GEMM formulations (see ``onednn.available``).
-    code = "from lightnets_jax import onednn; print(onednn.available(), onednn.describe())"
+    code = "from lightnets_jax.ops import onednn; print(onednn.available(), onednn.describe())"
     env = {**os.environ, **setting, "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
                          timeout=120, check=True).stdout.split()
@@ -114,7 +114,7 @@ def test_depth_packed_input_gradient_matches_autodiff(case):
     k = jnp.asarray(rng.standard_normal(k_shape, np.float32))
     spatial = grad.ndim - 2
     x_shape = (grad_shape[0], *(g + t - 1 - 2 * padding for g, t in zip(grad_shape[1:-1], k_shape)), k_shape[-2])
-    _, vjp = jax.vjp(lambda x: layers._conv(x, k, 1, padding, groups=1), jnp.zeros(x_shape, jnp.float32))
+    _, vjp = jax.vjp(lambda x: reference.conv(x, k, 1, padding), jnp.zeros(x_shape, jnp.float32))
     want = vjp(grad)[0]
     flipped = jnp.flip(k, axis=tuple(range(spatial))).swapaxes(-1, -2)
     pads = [t - 1 - padding for t in k_shape[:spatial]]
@@ -225,16 +225,16 @@ needs_onednn_bf16 = pytest.mark.skipif(not onednn.available(jnp.bfloat16),
 def test_bfloat16_layers_match_float32_on_the_rounded_inputs(case):
     # bfloat16 operands, float32 accumulation: values and both gradients within bfloat16's
     # rounding of the float32 results computed from the same (rounded) inputs.
-    x_shape, k_shape, padding, conv, reference = {
+    x_shape, k_shape, padding, conv, plain = {
         "conv3d": ((3, 7, 8, 6, 8), (3, 3, 3, 8, 16), 0,
-                   lambda x, k: layers.conv_fast(x, k, 1, 0, train=True, bias=jnp.ones(16, x.dtype), relu=True),
-                   lambda x, k: jax.nn.relu(layers._conv(x, k, 1, 0, groups=1) + 1)),
+                   lambda x, k: ops.conv(x, k, jnp.ones(16, x.dtype), strides=1, padding=0, relu=True, impl="onednn"),
+                   lambda x, k: jax.nn.relu(reference.conv(x, k, 1, 0) + 1)),
         "depthwise": ((4, 9, 8, 16), (3, 3, 1, 16), 1,
-                      lambda x, k: layers.depthwise_conv_fast(x, k, 1, 1),
-                      lambda x, k: layers._conv(x, k, 1, 1, groups=16)),
+                      lambda x, k: ops.depthwise_conv(x, k, 1, 1, "onednn"),
+                      lambda x, k: reference.conv(x, k, 1, 1, groups=16)),
         "pointwise": ((4, 6, 6, 16), (1, 1, 16, 32), 0,
-                      lambda x, k: layers.conv_fast(x, k, 1, 0, train=True),
-                      lambda x, k: layers._conv(x, k, 1, 0, groups=1)),
+                      lambda x, k: ops.conv(x, k, None, strides=1, padding=0, relu=False, impl="onednn"),
+                      lambda x, k: reference.conv(x, k, 1, 0)),
     }[case]
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal(x_shape, np.float32)).astype(jnp.bfloat16)
@@ -248,7 +248,7 @@ def test_bfloat16_layers_match_float32_on_the_rounded_inputs(case):
     text = jax.jit(lambda x, k: value_and_grads(conv, x, k)).lower(x, k).compile().as_text()
     assert "__onednn$" in text and " convolution(" not in text
     got = jax.jit(lambda x, k: value_and_grads(conv, x, k))(x, k)
-    want = jax.jit(lambda x, k: value_and_grads(reference, x, k))(x.astype(jnp.float32), k.astype(jnp.float32))
+    want = jax.jit(lambda x, k: value_and_grads(plain, x, k))(x.astype(jnp.float32), k.astype(jnp.float32))
     for g, w in zip(got, want):
         assert g.dtype == jnp.bfloat16
         np.testing.assert_allclose(g.astype(jnp.float32), w, rtol=2e-2, atol=2e-2 * float(jnp.max(jnp.abs(w))))

@@ -1,8 +1,9 @@
-"""The model zoo: ``available()`` lists the names, ``create(name, **options)`` builds one.
+"""The model zoo: ``available()`` lists the names, ``create(name, **options)`` builds one, and
+``spec(name)`` tells what it is for (task, input shape, default dataset, default options).
 
 Every model is a Flax linen module called as ``model.apply(variables, x, train=...)``; train
 mode needs ``mutable=["batch_stats"]`` (BatchNorm models) and ``rngs={"dropout": key}``
-(HybridSN).
+(HybridSN). ``create`` is where the kernels' implementation is decided, once per model.
 """
 
 from __future__ import annotations
@@ -12,58 +13,99 @@ from typing import Any, Callable
 
 import flax.linen as nn
 
+from lightnets_jax import ops
 from lightnets_jax.models import mobilenet_v1, mobilenet_v2
 from lightnets_jax.models.hybridsn import HybridSN
 from lightnets_jax.models.mobilenet_v1 import MobileNetV1
 from lightnets_jax.models.mobilenet_v2 import MobileNetV2
 
-_REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any], str]] = {
-    "mobilenet_v1": (MobileNetV1, {}, "the note's CIFAR-10 MobileNetV1 (9 separable blocks)"),
-    "mobilenet_v1_paper": (
-        MobileNetV1,
-        {"cfg": mobilenet_v1.PAPER_CFG},
-        "CIFAR-10 MobileNetV1 at the paper's depth (13 depthwise layers)",
-    ),
-    "mobilenet_v1_imagenet": (
-        MobileNetV1,
-        {"cfg": mobilenet_v1.PAPER_CFG, "stem_stride": 2, "input_size": None, "num_classes": 1000},
-        "the paper's ImageNet MobileNetV1 (any resolution)",
-    ),
-    "mobilenet_v2": (MobileNetV2, {}, "the note's CIFAR-10 MobileNetV2"),
-    "mobilenet_v2_imagenet": (
-        MobileNetV2,
-        {"cfg": mobilenet_v2.PAPER_CFG, "imagenet": True, "activation": "relu6", "input_size": None,
-         "num_classes": 1000},
-        "the paper's ImageNet MobileNetV2 (ReLU6, any resolution)",
-    ),
-    "hybridsn": (HybridSN, {}, "the note's HybridSN for 25x25x30 hyperspectral patches"),
-    "hybridsn_bn": (HybridSN, {"batch_norm": True}, "HybridSN with BatchNorm after every conv (the note's fix)"),
-}
+IMAGE, HYPERSPECTRAL = "image", "hyperspectral"
 
 
-def available() -> list[str]:
-    """The registered model names."""
-    return sorted(_REGISTRY)
+def _image_shape(model: nn.Module) -> tuple[int, int, int]:
+    side = model.input_size or 224  # any resolution: the ImageNet size as the example
+    return (side, side, 3)
 
 
-def describe(name: str) -> str:
-    return _lookup(name)[2]
+def _patch_shape(model: nn.Module) -> tuple[int, int, int]:
+    return (model.patch_size, model.patch_size, model.bands)
 
 
-def _lookup(name: str):
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: its class and default options, and what callers need to feed it."""
+
+    name: str
+    build: Callable[..., nn.Module]
+    defaults: dict[str, Any]
+    description: str
+    task: str  # IMAGE: (N, H, W, 3) images; HYPERSPECTRAL: (N, S, S, bands) patches
+    dataset: str  # what ``lightnets train`` trains it on by default (no ImageNet pipeline: CIFAR-10)
+    example_shape: Callable[[nn.Module], tuple[int, ...]]  # one input, no batch axis, of a built model
+
+
+def _image(name, build, description, dataset="cifar10", **defaults):
+    return ModelSpec(name, build, defaults, description, IMAGE, dataset, _image_shape)
+
+
+_SPECS = (
+    _image("mobilenet_v1", MobileNetV1, "the note's CIFAR-10 MobileNetV1 (9 separable blocks)"),
+    _image("mobilenet_v1_paper", MobileNetV1, "CIFAR-10 MobileNetV1 at the paper's depth (13 depthwise layers)",
+           cfg=mobilenet_v1.PAPER_CFG),
+    _image("mobilenet_v1_imagenet", MobileNetV1, "the paper's ImageNet MobileNetV1 (any resolution)",
+           cfg=mobilenet_v1.PAPER_CFG, stem_stride=2, input_size=None, num_classes=1000),
+    _image("mobilenet_v2", MobileNetV2, "the note's CIFAR-10 MobileNetV2"),
+    _image("mobilenet_v2_imagenet", MobileNetV2, "the paper's ImageNet MobileNetV2 (ReLU6, any resolution)",
+           cfg=mobilenet_v2.PAPER_CFG, imagenet=True, activation="relu6", input_size=None,
+           num_classes=1000),
+    ModelSpec("hybridsn", HybridSN, {}, "the note's HybridSN for 25x25x30 hyperspectral patches", HYPERSPECTRAL,
+              "indian_pines", _patch_shape),
+    ModelSpec("hybridsn_bn", HybridSN, {"batch_norm": True}, "HybridSN with BatchNorm after every conv (the note's fix)",
+              HYPERSPECTRAL, "indian_pines", _patch_shape),
+)
+_REGISTRY = {s.name: s for s in _SPECS}
+
+
+def available(task: str | None = None) -> list[str]:
+    """The registered model names (of one ``task`` if given)."""
+    return sorted(name for name, s in _REGISTRY.items() if task is None or s.task == task)
+
+
+def spec(name: str) -> ModelSpec:
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available models: {', '.join(available())}")
     return _REGISTRY[name]
 
 
+def describe(name: str) -> str:
+    return spec(name).description
+
+
 def create(name: str, **options: Any) -> nn.Module:
-    """Build a registered model; ``options`` override its fields (e.g. ``num_classes=100``)."""
-    cls, defaults, _ = _lookup(name)
-    fields = {f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")}
+    """Build a registered model; ``options`` override its fields (e.g. ``num_classes=100``).
+
+    ``conv_impl`` (default ``"fast"``) is resolved here for the backend and compute dtype
+    (``ops.choose_impl``): the model carries the concrete implementation its layers run.
+    """
+    model_spec = spec(name)
+    fields = {f.name for f in dataclasses.fields(model_spec.build) if f.init and f.name not in ("parent", "name")}
     unknown = sorted(set(options) - fields)
     if unknown:
         raise TypeError(f"model {name!r} has no option {', '.join(unknown)}; its options are: {', '.join(sorted(fields))}")
-    return cls(**{**defaults, **options})
+    options = {**model_spec.defaults, **options}
+    options["conv_impl"] = ops.choose_impl(options.get("conv_impl", "fast"), options.get("dtype"))
+    return model_spec.build(**options)
 
 
-__all__ = ["available", "create", "describe", "MobileNetV1", "MobileNetV2", "HybridSN"]
+def example_shape(model: nn.Module | str, batch: int = 1) -> tuple[int, ...]:
+    """The input shape a model (or a registered name, with its defaults) takes, batch first."""
+    if isinstance(model, str):
+        model = create(model)
+    for model_spec in _SPECS:
+        if isinstance(model, model_spec.build):
+            return (batch, *model_spec.example_shape(model))
+    raise TypeError(f"{type(model).__name__} is not a registered model class")
+
+
+__all__ = ["available", "create", "describe", "example_shape", "spec", "ModelSpec", "MobileNetV1", "MobileNetV2",
+           "HybridSN"]

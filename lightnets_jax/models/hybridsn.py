@@ -12,7 +12,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lightnets_jax.models.layers import BatchNorm, Conv, Dense, check_input, resolve_impl
+from lightnets_jax.models.layers import BatchNorm, Conv, Dense, check_input
 
 # (output channels, kernel (depth, height, width)) of the three 3D convs.
 CONV3D_CFG = ((8, (7, 3, 3)), (16, (5, 3, 3)), (32, (3, 3, 3)))
@@ -28,9 +28,8 @@ class HybridSN(nn.Module):
       dropout_rate: dropout before each hidden FC's ReLU, as the note orders it.
       batch_norm: add BatchNorm after each conv.
       init_scheme: ``"torch"`` (PyTorch defaults) or ``"glorot"`` (the paper's Keras code).
-      conv_impl: ``"fast"`` (oneDNN's convs and matmuls where XLA's CPU runtime has them, else
-        GEMMs) or ``"reference"`` (XLA's convs and dots), for the convs and the FC layers alike
-        (same numbers).
+      conv_impl: the kernels' implementation, ``"reference"`` (XLA's), ``"gemm"`` or ``"onednn"``
+        (CPU); ``models.create`` picks the fast one for the backend.
       dtype: compute dtype; parameters stay float32.
     """
 
@@ -40,7 +39,7 @@ class HybridSN(nn.Module):
     dropout_rate: float = 0.4
     batch_norm: bool = False
     init_scheme: str = "torch"
-    conv_impl: str = "fast"
+    conv_impl: str = "reference"
     dtype: jnp.dtype | None = None
 
     @nn.compact
@@ -70,12 +69,10 @@ class HybridSN(nn.Module):
 
     def _conv_bn_relu(self, features: int, kernel: tuple[int, ...], x, train: bool, name: str,
                       fold_depth: bool = False):
-        # Without BatchNorm the ReLU goes into the conv, which fuses it on the oneDNN path; with
-        # it, into the BatchNorm (one op in training). At inference on the CPU's fast path,
-        # BatchNorm folds into the conv's kernel and bias, and the ReLU goes in as well: one pass
-        # over the output instead of three.
-        fold = (self.batch_norm and not train and resolve_impl(self.conv_impl) == "fast"
-                and not self.is_initializing())
+        # Without BatchNorm the ReLU goes into the conv (fused on oneDNN); with it, into the
+        # BatchNorm (one op in training). At inference on the CPU kernels BatchNorm folds into the
+        # conv's kernel and bias with the ReLU: one pass over the output instead of three.
+        fold = self.batch_norm and not train and self.conv_impl != "reference" and not self.is_initializing()
         conv = Conv(features, kernel, use_bias=True, relu=not self.batch_norm or fold, init_scheme=self.init_scheme,
                     impl=self.conv_impl, dtype=self.dtype, fold_depth=fold_depth, name=f"{name}_0")
         if not self.batch_norm:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lightnets_jax.models.layers import BatchNorm, Conv, Dense, DepthwiseConv, check_input, make_divisible
+from lightnets_jax.models.layers import BatchNorm, Conv, Dense, DepthwiseConv, check_image_input, make_divisible
 
 # (output channels, depthwise stride) per separable block.
 NOTE_CFG = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (1024, 2), (1024, 1))
@@ -27,7 +27,7 @@ class Block(nn.Module):
 
     out_planes: int
     stride: int = 1
-    conv_impl: str = "fast"
+    conv_impl: str = "reference"
     dtype: jnp.dtype | None = None
 
     @nn.compact
@@ -48,7 +48,8 @@ class MobileNetV1(nn.Module):
       stem_stride: 1 for CIFAR (the note), 2 for ImageNet (the paper).
       input_size: the fixed input side for the CIFAR network (its 2×2 pool assumes 32×32);
         ``None`` for global average pooling over any resolution.
-      conv_impl: ``"fast"`` or ``"reference"`` depthwise convolution (same numbers).
+      conv_impl: the kernels' implementation, ``"reference"`` (XLA's), ``"gemm"`` or ``"onednn"``
+        (CPU); ``models.create`` picks the fast one for the backend.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
     """
 
@@ -57,17 +58,12 @@ class MobileNetV1(nn.Module):
     width_multiplier: float = 1.0
     stem_stride: int = 1
     input_size: int | None = 32
-    conv_impl: str = "fast"
+    conv_impl: str = "reference"
     dtype: jnp.dtype | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        expected = {-1: 3}
-        if self.input_size is not None:
-            expected.update({1: self.input_size, 2: self.input_size})
-        check_input(x, rank=4, expected=expected, model="MobileNetV1",
-                    hint="image batch (N, H, W, 3)" if self.input_size is None
-                    else f"image batch (N, {self.input_size}, {self.input_size}, 3)")
+        check_image_input(x, "MobileNetV1", self.input_size)
         width = lambda c: make_divisible(c * self.width_multiplier)
         out = Conv(width(32), (3, 3), strides=self.stem_stride, padding=1, impl=self.conv_impl, dtype=self.dtype, name="conv1")(x, train)
         out = nn.relu(BatchNorm(not train, name="bn1")(out))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lightnets_jax.models.layers import BatchNorm, Conv, Dense, DepthwiseConv, check_input, make_divisible
+from lightnets_jax.models.layers import BatchNorm, Conv, Dense, DepthwiseConv, check_image_input, make_divisible
 
 # (expansion t, output channels c, repeats n, first stride s), the note's CIFAR table.
 NOTE_CFG = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
@@ -31,7 +31,7 @@ class Block(nn.Module):
     activation: str = "relu"
     projection_shortcut: bool = True  # the note's code; the paper only adds identity shortcuts
     skip_unit_expansion: bool = False  # the paper's t = 1 block has no expansion conv
-    conv_impl: str = "fast"
+    conv_impl: str = "reference"
     dtype: jnp.dtype | None = None
 
     @nn.compact
@@ -77,19 +77,14 @@ class MobileNetV2(nn.Module):
     activation: str = "relu"
     imagenet: bool = False
     input_size: int | None = 32
-    conv_impl: str = "fast"
+    conv_impl: str = "reference"
     dtype: jnp.dtype | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}")
-        expected = {-1: 3}
-        if self.input_size is not None:
-            expected.update({1: self.input_size, 2: self.input_size})
-        check_input(x, rank=4, expected=expected, model="MobileNetV2",
-                    hint="image batch (N, H, W, 3)" if self.input_size is None
-                    else f"image batch (N, {self.input_size}, {self.input_size}, 3)")
+        check_image_input(x, "MobileNetV2", self.input_size)
         act = ACTIVATIONS[self.activation]
         width = lambda c: make_divisible(c * self.width_multiplier)
         out = Conv(width(32), (3, 3), strides=2 if self.imagenet else 1, padding=1, impl=self.conv_impl, dtype=self.dtype, name="conv1")(x, train)

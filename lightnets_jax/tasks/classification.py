@@ -22,7 +22,7 @@ from tqdm import tqdm
 from lightnets_jax import models
 from lightnets_jax.data import cifar10
 from lightnets_jax.reports import plots
-from lightnets_jax.training import checkpoint, engine
+from lightnets_jax.training import checkpoint, engine, records
 from lightnets_jax.training.parallel import DataParallel
 
 
@@ -77,9 +77,9 @@ def accuracy(state, images: np.ndarray, labels: np.ndarray, parallel: DataParall
 
 def train(config: CifarConfig, workdir: Path, resume: bool = False, log=print) -> dict:
     workdir = Path(workdir)
-    if config.model not in models.available() or not config.model.startswith("mobilenet"):
-        raise ValueError(f"CIFAR-10 training takes a MobileNet, got {config.model!r}; choose one of "
-                         + ", ".join(n for n in models.available() if n.startswith("mobilenet") and "imagenet" not in n))
+    if config.model not in models.available(models.IMAGE):
+        raise ValueError(f"CIFAR-10 training takes an image model, got {config.model!r}; choose one of "
+                         + ", ".join(models.available(models.IMAGE)))
     parallel = DataParallel()
     parallel.check_batch_size(config.batch_size)
     checkpoint.check_fresh(workdir, resume)
@@ -104,7 +104,7 @@ def train(config: CifarConfig, workdir: Path, resume: bool = False, log=print) -
         images = cifar10.normalize(cifar10.random_crop_flip(data.train_images[idx], rng))
         return parallel.shard_global_batch(images), parallel.shard_global_batch(data.train_labels[idx])
 
-    history = checkpoint.read_history(workdir, start_epoch)
+    history = records.read_history(workdir, start_epoch)
     best = max((h["val_accuracy"] for h in history), default=-1.0)
     tic_run = time.time()
     with concurrent.futures.ThreadPoolExecutor(1) as prefetcher:
@@ -122,17 +122,10 @@ def train(config: CifarConfig, workdir: Path, resume: bool = False, log=print) -
                     losses.append(metrics["loss"])
                     accs.append(metrics["accuracy"])
                     if i % 100 == 0:
-                        loss = float(metrics["loss"])
-                        if not np.isfinite(loss):
-                            raise FloatingPointError(f"loss became {loss} at step {epoch * steps + i} (epoch {epoch + 1}); "
-                                                     f"the last good checkpoint is kept in {workdir}; lower --lr")
+                        loss = float(records.checked_losses([metrics["loss"]], epoch, steps, workdir, i)[0])
                         bar.write("Epoch: %d Minibatch: %5d loss: %.3f" % (epoch + 1, i + 1, loss))
                         bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{(i + 1) * config.batch_size / (time.time() - tic):.0f}")
-            losses = np.asarray(jax.device_get(losses), np.float64)
-            if not np.all(np.isfinite(losses)):
-                first_bad = int(np.argmax(~np.isfinite(losses)))
-                raise FloatingPointError(f"loss became {losses[first_bad]} at step {epoch * steps + first_bad} "
-                                         f"(epoch {epoch + 1}); the last good checkpoint is kept in {workdir}; lower --lr")
+            losses = records.checked_losses(losses, epoch, steps, workdir)
             train_seconds = time.time() - tic
             val = accuracy(state, data.train_images[val_idx], data.train_labels[val_idx], parallel,
                            config.batch_size, "validate")
@@ -145,9 +138,7 @@ def train(config: CifarConfig, workdir: Path, resume: bool = False, log=print) -
             if val > best:
                 best = val
                 checkpoint.save(workdir, state, epoch + 1, keep=1, folder=checkpoint.BEST)
-            with open(workdir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            history.append(record)
+            records.append(workdir, record, history)
     plots.save_training_curves(workdir / "training_curves.png", history)
     report = evaluate(workdir, state=state, config=config, data=data, log=log)
     report["wall_seconds"] = time.time() - tic_run
@@ -166,7 +157,7 @@ def evaluate(workdir: Path, state=None, config: CifarConfig | None = None, data=
     state = parallel.replicate(state)
     test = accuracy(state, data.test_images, data.test_labels, parallel, config.batch_size, "test")
     log("Accuracy of the network on the 10000 test images: %.2f %%" % test)
-    history = checkpoint.read_history(workdir)
+    history = records.read_history(workdir)
     report = {"test_accuracy": test, "epochs": len(history), "config": dataclasses.asdict(config),
               "train_seconds": sum(h["seconds"] for h in history), "history": history,
               "device": f"{parallel.device_count} x {jax.devices()[0].device_kind}"}

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from lightnets_jax import models
 from lightnets_jax.data import hyperspectral as hsi
 from lightnets_jax.reports import metrics, plots
-from lightnets_jax.training import checkpoint, engine
+from lightnets_jax.training import checkpoint, engine, records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +150,7 @@ def train(config: HSIConfig, workdir: Path, resume: bool = False, log=print) -> 
         patches = hsi.gather_patches(padded, coords[:, 0], coords[:, 1], window)
         return engine.train_step(state, patches, labels, config.label_smoothing)
 
-    history = checkpoint.read_history(workdir, start_epoch)
+    history = records.read_history(workdir, start_epoch)
     total_loss = sum(h["train_loss"] * h["steps"] for h in history)  # the note's running sum
     for epoch in range(start_epoch, config.epochs):
         order = np.random.default_rng([config.seed, epoch]).permutation(len(split.train))
@@ -162,20 +162,14 @@ def train(config: HSIConfig, workdir: Path, resume: bool = False, log=print) -> 
                 epoch_acc.append(m["accuracy"])
                 if i == steps - 1 or i % 4 == 0:
                     bar.set_postfix(loss=f"{float(m['loss']):.4f}", img_s=f"{(i + 1) * batch / (time.time() - tic):.1f}")
-        losses = np.asarray(jax.device_get(epoch_loss), dtype=np.float64)
-        if not np.all(np.isfinite(losses)):
-            bad = start_epoch * steps + int(np.argmax(~np.isfinite(losses)))
-            raise FloatingPointError(f"loss became {losses[~np.isfinite(losses)][0]} at step {bad} (epoch {epoch + 1}); "
-                                     f"the last good checkpoint is kept in {workdir}; lower --lr")
+        losses = records.checked_losses(epoch_loss, epoch, steps, workdir)
         total_loss += losses.sum()
         log("[Epoch: %d]   [loss avg: %.4f]   [current loss: %.4f]" % (epoch + 1, total_loss / (epoch + 1), losses[-1]))
         record = {"epoch": epoch + 1, "steps": steps, "train_loss": float(losses.mean()),
                   "train_accuracy": 100 * float(np.mean(jax.device_get(epoch_acc))),
                   "seconds": time.time() - tic}
-        history.append(record)
         checkpoint.save(workdir, state, epoch + 1)
-        with open(workdir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        records.append(workdir, record, history)
     train_seconds = time.time() - t0
     plots.save_training_curves(workdir / "training_curves.png", history)
     report = evaluate(workdir, state=state, prepared=prepared, config=config, log=log)

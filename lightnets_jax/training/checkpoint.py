@@ -108,16 +108,3 @@ def start_or_resume(workdir: Path, config: Any, state: Any, resume: bool, log: C
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(workdir / "config.json", dataclasses.asdict(config))
     return state, start_epoch
-
-
-def read_history(workdir: Path, upto_epoch: int | None = None) -> list[dict]:
-    """Per-epoch records from ``metrics.jsonl``; with ``upto_epoch`` (resuming), the records of
-    epochs after that checkpoint are dropped from the file too, so it never lists an epoch twice."""
-    path = workdir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if upto_epoch is not None:
-        history = [h for h in history if h["epoch"] <= upto_epoch]
-        atomic_write(path, "".join(json.dumps(h) + "\n" for h in history).encode())
-    return history

@@ -19,7 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lightnets_jax import cpu_memory, models, onednn
+from lightnets_jax import models
+from lightnets_jax.cli import cpu_memory
+from lightnets_jax.ops import onednn
 from lightnets_jax.training import engine
 
 
@@ -38,14 +40,6 @@ class Timing:
 # to what a step needs: on a 2-core Xeon, MobileNetV1's JAX training steps after one round took
 # 0.93, 0.55, 0.35, 0.46, 0.34 s (docs/performance.md).
 WARMUP_ROUNDS = 3
-
-
-def example_shape(name: str, batch_size: int) -> tuple[int, ...]:
-    model = models.create(name)
-    if hasattr(model, "bands"):
-        return (batch_size, model.patch_size, model.patch_size, model.bands)
-    side = model.input_size or 224
-    return (batch_size, side, side, 3)
 
 
 def _jax_steps(name: str, x: np.ndarray, y: np.ndarray, conv_impl: str, bf16: bool):
@@ -80,7 +74,7 @@ def _torch_steps(name: str, x: np.ndarray, y: np.ndarray, bf16: bool):
     torch.set_num_threads(os.cpu_count() or 1)
     device = _torch_device(torch)
     module = reference_torch.build(name).to(device)
-    if name.startswith("hybridsn"):
+    if models.spec(name).task == models.HYPERSPECTRAL:  # the note's Conv3d input (N, 1, B, S, S)
         xt = torch.from_numpy(x.transpose(0, 3, 1, 2)[:, None].copy()).to(device)
     else:
         xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device)
@@ -129,7 +123,7 @@ def run(name: str, batch_size: int = 128, steps: int = 5, compare_torch: bool = 
         raise ValueError(f"bench needs --warmup >= 1 (the first step compiles) and --steps >= 1, "
                          f"got {warmup} and {steps}")
     rng = np.random.default_rng(0)
-    x = rng.standard_normal(example_shape(name, batch_size)).astype(np.float32)
+    x = rng.standard_normal(models.example_shape(name, batch_size)).astype(np.float32)
     num_classes = models.create(name).num_classes
     y = rng.integers(0, num_classes, batch_size).astype(np.int32)
     frameworks = {"jax": _jax_steps(name, x, y, conv_impl, bf16)}

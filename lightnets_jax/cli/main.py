@@ -7,21 +7,20 @@ import json
 import sys
 from pathlib import Path
 
-from lightnets_jax import cpu_memory, models
-
-HSI_MODELS = ("hybridsn", "hybridsn_bn")
+from lightnets_jax import models, ops
+from lightnets_jax.cli import cpu_memory
 
 
 def _train(args) -> int:
     from lightnets_jax.tasks import hyperspectral
 
-    if args.model not in models.available():
-        raise ValueError(f"unknown model {args.model!r}; available models: {', '.join(models.available())}")
-    dataset = args.dataset or ("indian_pines" if args.model in HSI_MODELS else "cifar10")
+    spec = models.spec(args.model)
+    dataset = args.dataset or spec.dataset
     if dataset == "cifar10":
         return _train_cifar(args)
-    if args.model not in HSI_MODELS:
-        raise ValueError(f"--dataset {dataset} takes {' or '.join(HSI_MODELS)}, got {args.model!r}")
+    hyperspectral_models = models.available(models.HYPERSPECTRAL)
+    if args.model not in hyperspectral_models:
+        raise ValueError(f"--dataset {dataset} takes {' or '.join(hyperspectral_models)}, got {args.model!r}")
     optimizer = _optimizer(hyperspectral.RECIPES[args.recipe]["optimizer"], args)
     config = hyperspectral.make_config(
         args.recipe, model=args.model, scene=args.scene, cube=args.cube, gt=args.gt, data_dir=args.data_dir,
@@ -83,7 +82,7 @@ def _evaluate(args) -> int:
 
 
 def _summary(args) -> int:
-    from lightnets_jax.summary import summarize
+    from lightnets_jax.reports.summary import summarize
 
     options = json.loads(args.options) if args.options else {}
     shape = tuple(args.input_shape) if args.input_shape else None
@@ -93,7 +92,7 @@ def _summary(args) -> int:
 
 
 def _bench(args) -> int:
-    from lightnets_jax import bench
+    from lightnets_jax.cli import bench
 
     results = []
     for name in args.models:
@@ -171,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=None,
                        help="untimed train+eval rounds first (default 3; the first compiles; reported apart)")
     bench.add_argument("--compare-torch", action="store_true", help="time the note's PyTorch code, interleaved")
-    bench.add_argument("--conv-impl", choices=["fast", "reference"], default="fast")
+    bench.add_argument("--conv-impl", choices=list(ops.REQUESTS), default="fast",
+                       help="'fast': the backend's fastest kernels (default); 'reference': XLA's own")
     bench.add_argument("--bf16", action="store_true",
                        help="bfloat16 compute, float32 parameters (PyTorch under torch.autocast)")
     bench.add_argument("--json", action="store_true")

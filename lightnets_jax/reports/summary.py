@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 
 from lightnets_jax import models
-from lightnets_jax.convert import _example_input_shape
 from lightnets_jax.models.layers import BatchNorm, Conv, Dense, DepthwiseConv
 
 
@@ -67,7 +66,7 @@ _KINDS = {DepthwiseConv: "depthwise", Conv: "conv", Dense: "dense", BatchNorm: "
 def summarize(name: str, input_shape: tuple[int, ...] | None = None, **options: Any) -> Summary:
     """Layer table for one example (batch 1) of ``name`` built with ``options``."""
     model = models.create(name, **options)
-    input_shape = tuple(input_shape or _example_input_shape(model))
+    input_shape = tuple(input_shape or models.example_shape(model))
     records: list[tuple[str, str, tuple, tuple, tuple]] = []
 
     def interceptor(next_fun, args, kwargs, context):

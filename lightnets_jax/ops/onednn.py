@@ -2,34 +2,30 @@
 
 jaxlib's x86-64 CPU backend is built with oneDNN (the library behind PyTorch's CPU convolutions)
 and runs custom calls named ``__onednn$convolution`` and ``__onednn$matmul`` with it, configured
-by a ``BackendConfig`` proto given as JSON. XLA's own passes no longer emit them (no
-``--xla_cpu_use_onednn`` setting routes convolutions there in jaxlib 0.10), so this module emits
-them with ``jax.ffi.ffi_call``. At HybridSN's shapes the convolution runs as fast as PyTorch's,
-2-2.5x faster than the GEMM formulations in ``models/layers.py`` (docs/performance.md, eighth round).
+by a ``BackendConfig`` proto given as JSON. XLA's own passes no longer emit them, so this module
+emits them with ``jax.ffi.ffi_call`` (docs/performance.md, "oneDNN").
 
-The convolution is a forward (inference) primitive only: the layers get the input gradient from
-it as a convolution of the output gradient with the flipped kernel, and the kernel gradient as
-another convolution (3D, and HybridSN's depth-folded 2D one: the output gradient as its kernel)
-or from GEMMs over unfolded patches, run by ``matmul`` (other 2D ones). ``available()`` compiles
-and runs a tiny program to find out whether this jaxlib, on this backend, has both (False off
-CPU, on builds without oneDNN, with more than one device, and when ``LIGHTNETS_NO_ONEDNN=1`` is
-set).
+The convolution is a forward primitive only: ``ops.conv`` and ``ops.depthwise`` build the input
+gradient from it (the output gradient convolved with the flipped kernel) and the kernel gradient
+(``ops.conv_kernel_grad``). ``available()`` compiles and runs a tiny program to find out whether
+this jaxlib, on this backend, has both (False off CPU, on builds without oneDNN, with more than
+one device, and when ``ops.config`` says no).
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import os
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lightnets_jax.ops import config
+
 TARGET = "__onednn$convolution"
 MATMUL_TARGET = "__onednn$matmul"
-DISABLE_ENV = "LIGHTNETS_NO_ONEDNN"
 
 
 def _config(rank: int, taps: Sequence[int], padding: Sequence[int], strides: Sequence[int], groups: int,
@@ -67,11 +63,10 @@ def convolution(x: jax.Array, kernel: jax.Array, padding: Sequence[int], strides
     operands (oneDNN accumulates in float32); the result is ``out_dtype`` (default ``x.dtype``).
 
     ``kernel_axes``: which of the kernel's axes hold (*taps, C_in / groups, C_out), for a kernel
-    stored in another order. oneDNN copies every kernel into its own blocked layout before it
-    convolves, so this costs nothing and saves XLA a transpose (the kernel gradients in
-    ``models/layers.py``, whose kernel is an output gradient). The input and output stay
-    channels-last: described in another order, they made oneDNN fall back to its reference
-    kernel (seconds per call)."""
+    stored in another order. oneDNN copies every kernel into its own blocked layout anyway, so
+    this saves XLA a transpose (``ops.conv_kernel_grad``, whose kernel is an output gradient). The
+    input and output stay channels-last: in another order oneDNN falls back to its slow
+    reference kernel."""
     spatial = x.ndim - 2
     kernel_axes = tuple(kernel_axes or range(kernel.ndim))
     if sorted(kernel_axes) != list(range(kernel.ndim)):
@@ -108,8 +103,7 @@ def input_gradient(grad: jax.Array, kernel: jax.Array, padding: Sequence[int], g
 
 
 # float32 lanes of an AVX-512 register: oneDNN's kernels block output channels by 16, and a
-# convolution with 8 runs at half speed (HybridSN's conv2 input gradient: 100 ms against 42 for
-# its forward, which has 16).
+# convolution with 8 runs at half speed.
 PACKED_CHANNELS = 16
 
 
@@ -117,10 +111,8 @@ def _depth_packed(x: jax.Array, kernel: jax.Array, padding: Sequence[int], pack:
     """``convolution(x, kernel, padding)`` for a kernel with few output channels C, as one with
     ``pack`` * C: output depths d = pack * e + j, j < pack, computed together as channel group j of
     output depth e, by a kernel ``pack - 1`` taps deeper (group j's taps shifted by j, zeros around
-    them) strided by ``pack`` along the depth. ``pack`` - 1 extra taps of multiply-adds on zeros,
-    and a transpose of the result (which XLA fuses into the consumer's pass, the ReLU mask here),
-    for full-width vector kernels: HybridSN's conv2 input gradient 116 -> 78 ms with its ReLU mask
-    (docs/performance.md, tenth round). Depth divisible by ``pack``."""
+    them) strided by ``pack`` along the depth: ``pack`` - 1 extra taps of multiply-adds on zeros
+    and a transpose of the result for full-width vector kernels. Depth divisible by ``pack``."""
     packed = depth_banded(kernel, pack)
     packed = packed.reshape(*packed.shape[:-2], pack * kernel.shape[-1])
     y = convolution(x, packed, padding, (pack,) + (1,) * (x.ndim - 3))
@@ -133,7 +125,7 @@ def depth_banded(kernel: jax.Array, count: int) -> jax.Array:
     """A (taps, ..., C_in, C_out) kernel as the banded one that computes ``count`` consecutive
     output depths at once: (taps + count - 1, ..., C_in, count, C_out), slice j of the new axis the
     kernel shifted j taps deeper, zeros around it (``_depth_packed`` here, the GEMM fallback's
-    depth-Toeplitz conv in ``models/layers.py``)."""
+    depth-Toeplitz conv in ``ops.gemm_conv``)."""
     widths = [(0, 0)] * (kernel.ndim - 1)
     return jnp.stack([jnp.pad(kernel, [(j, count - 1 - j)] + widths) for j in range(count)], axis=-2)
 
@@ -141,10 +133,7 @@ def depth_banded(kernel: jax.Array, count: int) -> jax.Array:
 def matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: bool = False,
            out_dtype: jnp.dtype | None = None) -> jax.Array:
     """``a @ b`` for 2D float32 or bfloat16 arrays, by oneDNN's matmul, the result ``out_dtype``
-    (default ``a.dtype``); ``transpose_a`` / ``transpose_b`` take ``a.T`` / ``b.T`` instead (no copy).
-
-    At the shapes of the convolutions' kernel gradients (long contraction, small output) it runs
-    25 % faster than XLA's dot here (docs/performance.md, eighth round)."""
+    (default ``a.dtype``); ``transpose_a`` / ``transpose_b`` take ``a.T`` / ``b.T`` instead (no copy)."""
     rows = a.shape[1] if transpose_a else a.shape[0]
     cols = b.shape[0] if transpose_b else b.shape[1]
     out = jax.ShapeDtypeStruct((rows, cols), out_dtype or a.dtype)
@@ -156,20 +145,19 @@ def matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: b
 def available(dtype: jnp.dtype = jnp.float32) -> bool:
     """Whether the default backend runs ``convolution`` and ``matmul`` on ``dtype`` operands
     (float32 or bfloat16; compiled and checked once per process and dtype)."""
-    return _available(jnp.dtype(dtype).name)
+    return config.get().onednn and _available(jnp.dtype(dtype).name)
 
 
 @functools.cache
 def _available(dtype: str) -> bool:
     if dtype not in ("float32", "bfloat16"):
         return False
-    if os.environ.get(DISABLE_ENV, "") not in ("", "0") or jax.default_backend() != "cpu":
+    if jax.default_backend() != "cpu":
         return False
     if jax.device_count() > 1:
         # Data-parallel over several CPU devices (or processes), XLA's partitioner runs these
-        # custom calls on gathered operands, and MobileNetV1's gradients came out 2e-3 (relative to
-        # their largest) off the one-device ones, with every layer alone exact: until that is
-        # understood, several devices keep the GEMM formulations (docs/performance.md).
+        # custom calls on gathered operands, and MobileNetV1's gradients came out 2e-3 off the
+        # one-device ones: until that is understood, several devices keep the GEMM formulations.
         return False
     rng = np.random.default_rng(0)
     # Values bfloat16 holds exactly, so both dtypes are checked against the same float32 sums
@@ -198,3 +186,9 @@ def _available(dtype: str) -> bool:
 def describe() -> str:
     """For benchmark records: which convolutions the fast layers use here."""
     return "oneDNN convs" if available() else "GEMM convs"
+
+
+def takes(x: jax.Array, kernel: jax.Array) -> bool:
+    """Whether the oneDNN kernels run these operands: the same dtype, float32 or bfloat16, on a
+    runtime whose custom calls pass the check for it (kernel gradients accumulate in float32)."""
+    return x.dtype == kernel.dtype and available(x.dtype)

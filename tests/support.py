@@ -1,0 +1,26 @@
+"""Shared by the tests: markers and the comparison of a fast kernel with its reference."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lightnets_jax.ops import onednn
+
+needs_onednn = pytest.mark.skipif(not onednn.available(), reason="XLA's CPU runtime here has no oneDNN")
+
+
+def assert_same_values_and_gradients(fast, reference, x, k):
+    def loss(conv):
+        def f(x, k):
+            y = conv(x, k)
+            weights = jnp.asarray(np.random.default_rng(1).standard_normal(y.shape, np.float32))
+            return jnp.sum(y * weights), y
+        return f
+
+    (_, y_fast), grads_fast = jax.value_and_grad(loss(fast), argnums=(0, 1), has_aux=True)(x, k)
+    (_, y_ref), grads_ref = jax.value_and_grad(loss(reference), argnums=(0, 1), has_aux=True)(x, k)
+    assert y_fast.shape == y_ref.shape
+    np.testing.assert_allclose(y_fast, y_ref, rtol=1e-4, atol=1e-4)
+    for got, want in zip(grads_fast, grads_ref):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3 * float(jnp.max(jnp.abs(want))))
