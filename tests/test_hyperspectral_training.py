@@ -82,3 +82,35 @@ def test_cli_errors_are_one_line(scene_files, tmp_path, capsys):
     assert cli.main(["evaluate", "--workdir", str(tmp_path / "nothing")]) == 2
     assert "no config.json" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()  # nothing half-written
+
+
+def test_non_finite_loss_names_the_runs_step_not_the_epochs(scene_files, tmp_path, monkeypatch):
+    # The loss turns NaN at the first step of epoch 2: the message must say step `steps`, the
+    # run's step count (it used to say step 0, counting from the start epoch of the run).
+    from lightnets_jax.training import checkpoint, engine
+
+    config = _config(scene_files, epochs=3)
+    steps = hyperspectral._steps_per_epoch(config, 72)  # 144 labelled pixels, half for training
+    real_step = engine.train_step
+
+    def poisoned(state, images, labels, label_smoothing=0.0):
+        new_state, metrics = real_step(state, images, labels, label_smoothing)
+        return new_state, {**metrics, "loss": jnp.where(state.step >= steps, jnp.nan, metrics["loss"])}
+
+    monkeypatch.setattr(engine, "train_step", poisoned)
+    with pytest.raises(FloatingPointError, match=rf"loss became nan at step {steps} \(epoch 2\).*lower --lr"):
+        hyperspectral.train(config, tmp_path / "run", log=lambda *_: None)
+    assert checkpoint.epochs(tmp_path / "run") == [1]
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_cli_config_file_with_flags_over_it(scene_files, tmp_path):
+    cube, gt = scene_files
+    workdir = tmp_path / "note"
+    assert cli.main(["train", "hybridsn", "--config", "hybridsn_note", "--cube", str(cube), "--gt", str(gt),
+                     "--pca-components", "16", "--patch-size", "9", "--test-ratio", "0.5", "--epochs", "1",
+                     "--batch-size", "8", "--no-map", "--workdir", str(workdir)]) == 0
+    saved = json.loads((workdir / "config.json").read_text())
+    assert (saved["recipe"], saved["init_scheme"], saved["epochs"], saved["batch_size"]) == ("note", "torch", 1, 8)
+    assert saved["optimizer"]["schedule"] == "constant" and saved["predict_map"] is False
+    assert cli.main(["train", "hybridsn", "--config", "cifar10", "--workdir", str(tmp_path / "x")]) == 2

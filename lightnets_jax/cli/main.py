@@ -12,22 +12,29 @@ from lightnets_jax.cli import cpu_memory
 
 
 def _train(args) -> int:
-    from lightnets_jax.tasks import hyperspectral
+    from lightnets_jax import configs
+    from lightnets_jax.tasks import classification, hyperspectral
 
     spec = models.spec(args.model)
+    base = configs.load(args.config) if args.config else None
     dataset = args.dataset or spec.dataset
+    if base is not None:
+        dataset = "cifar10" if isinstance(base, classification.CifarConfig) else "indian_pines"
+        if args.dataset and args.dataset != dataset:
+            raise ValueError(f"--config {args.config} is a {dataset} recipe, not --dataset {args.dataset}")
     if dataset == "cifar10":
-        return _train_cifar(args)
+        return _train_cifar(args, base or configs.load("cifar10"))
     hyperspectral_models = models.available(models.HYPERSPECTRAL)
     if args.model not in hyperspectral_models:
         raise ValueError(f"--dataset {dataset} takes {' or '.join(hyperspectral_models)}, got {args.model!r}")
-    optimizer = _optimizer(hyperspectral.RECIPES[args.recipe]["optimizer"], args)
-    config = hyperspectral.make_config(
-        args.recipe, model=args.model, scene=args.scene, cube=args.cube, gt=args.gt, data_dir=args.data_dir,
+    base = base or configs.load(hyperspectral.RECIPES[args.recipe])
+    config = configs.override(
+        base, model=args.model, scene=args.scene, cube=args.cube, gt=args.gt, data_dir=args.data_dir,
         cube_key=args.cube_key, gt_key=args.gt_key, pca_components=args.pca_components, pca_fit=args.pca_fit,
         patch_size=args.patch_size, split=args.split, test_ratio=args.test_ratio, per_class=args.per_class,
         split_seed=args.split_seed, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
-        init_scheme=args.init, optimizer=optimizer, predict_map=not args.no_map, bf16=args.bf16 or None,
+        init_scheme=args.init, optimizer=_optimizer(base.optimizer, args), predict_map=False if args.no_map else None,
+        bf16=args.bf16 or None,
     )
     workdir = Path(args.workdir or f"runs/{args.model}_{config.scene}_seed{config.seed}")
     report = hyperspectral.train(config, workdir, resume=args.resume)
@@ -45,17 +52,15 @@ def _optimizer(base, args):
     return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
 
 
-def _train_cifar(args) -> int:
+def _train_cifar(args, base) -> int:
+    from lightnets_jax import configs
     from lightnets_jax.tasks import classification
     from lightnets_jax.training.parallel import initialize_distributed
 
     initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-    defaults = classification.CifarConfig()
-    overrides = {"model": args.model, "data_dir": args.data_dir, "epochs": args.epochs, "batch_size": args.batch_size,
-                 "seed": args.seed, "label_smoothing": args.label_smoothing, "val_size": args.val_size,
-                 "bf16": args.bf16 or None,
-                 "optimizer": _optimizer(defaults.optimizer, args)}
-    config = classification.CifarConfig(**{k: v for k, v in overrides.items() if v is not None})
+    config = configs.override(base, model=args.model, data_dir=args.data_dir, epochs=args.epochs,
+                              batch_size=args.batch_size, seed=args.seed, label_smoothing=args.label_smoothing,
+                              val_size=args.val_size, bf16=args.bf16 or None, optimizer=_optimizer(base.optimizer, args))
     workdir = Path(args.workdir or f"runs/{args.model}_cifar10_seed{config.seed}")
     report = classification.train(config, workdir, resume=args.resume)
     print(f"results in {workdir}: report.json, metrics.jsonl, training_curves.png")
@@ -112,8 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model and write its report")
     train.add_argument("model", help=f"one of: {', '.join(models.available())}")
+    train.add_argument("--config", help="a recipe from lightnets_jax/configs (hybridsn, hybridsn_note, cifar10) "
+                       "or a .py file with get_config(); the flags below override it")
     train.add_argument("--recipe", default="default", choices=["default", "note"],
-                       help="'note': the study note's recipe exactly; 'default': ours (see README)")
+                       help="HybridSN: 'note' = --config hybridsn_note (the study note's recipe exactly); "
+                       "'default' = --config hybridsn (ours, see README)")
     train.add_argument("--workdir", help="where checkpoints and reports go (default runs/MODEL_SCENE_seedN)")
     train.add_argument("--resume", action="store_true", help="continue the run in --workdir")
     train.add_argument("--dataset", choices=["cifar10", "indian_pines"],

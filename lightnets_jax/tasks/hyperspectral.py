@@ -59,21 +59,18 @@ class HSIConfig:
         return checkpoint.config_from_json(cls, payload)
 
 
-# The note's recipe, as written: PyTorch init, Adam 1e-3 constant, batch 128, 100 epochs.
-NOTE_RECIPE = {"init_scheme": "torch", "epochs": 100, "batch_size": 128,
-               "optimizer": engine.OptimizerConfig("adam", 1e-3, "constant")}
-# Ours (README explains): the paper's Keras initialization (Glorot uniform, zero bias) and a
-# one-cycle schedule peaking at 1e-3 reach the paper's accuracy in far fewer epochs.
-DEFAULT_RECIPE = {"init_scheme": "glorot", "epochs": 30, "batch_size": 64,
-                  "optimizer": engine.OptimizerConfig("adam", 1e-3, "onecycle")}
-RECIPES = {"note": NOTE_RECIPE, "default": DEFAULT_RECIPE}
+# ``--recipe`` names: the configs in lightnets_jax/configs/ they stand for.
+RECIPES = {"default": "hybridsn", "note": "hybridsn_note"}
 
 
 def make_config(recipe: str = "default", **overrides) -> HSIConfig:
+    """The recipe's config (``configs/hybridsn.py`` or ``hybridsn_note.py``) with the options that
+    are not None replaced."""
+    from lightnets_jax import configs
+
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    return HSIConfig(recipe=recipe, **{**RECIPES[recipe], **overrides})
+    return configs.override(configs.load(RECIPES[recipe]), **overrides)
 
 
 @dataclasses.dataclass
