@@ -37,6 +37,7 @@ def test_bad_arguments_are_refused_with_the_fix(capsys):
 @pytest.mark.slow
 def test_lightnets_bench_times_both_frameworks_and_the_input_pipeline():
     pytest.importorskip("torch")
+    from lightnets_jax import models
     from lightnets_jax.cli import bench
 
     result = bench.run("mobilenet_v1", batch_size=4, steps=2, compare_torch=True)
@@ -47,6 +48,11 @@ def test_lightnets_bench_times_both_frameworks_and_the_input_pipeline():
         result["jax_train_images_per_s"] / result["torch_train_images_per_s"])
     assert "input pipeline" in bench.format_row(result) and "ratio train" in bench.format_row(result)
     assert result["warmup_rounds"] == bench.WARMUP_ROUNDS
+    # The ratio travels with what produced it: sizes, the kernels the model got, dtype and machine.
+    assert (result["batch_size"], result["steps"], result["conv_impl"], result["compute_dtype"]) == (
+        4, 2, "fast", "float32")
+    assert result["kernels"] == models.create("mobilenet_v1").conv_impl
+    assert "torch" in result["machine"] and "CPUs" in result["machine"]
     for key in ("jax_train_step_s", "torch_eval_step_s"):
         assert len(result[key]["samples_s"]) == 2
         assert result[key]["median_s"] == pytest.approx(sorted(result[key]["samples_s"])[0] / 2

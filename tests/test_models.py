@@ -132,8 +132,11 @@ def test_fast_and_reference_paths_agree_with_bf16_option_running():
     variables = fast.init(jax.random.key(0), x)
     reference = models.create("mobilenet_v2", conv_impl="reference")
     np.testing.assert_allclose(fast.apply(variables, x), reference.apply(variables, x), atol=1e-4)
+    f32 = fast.apply(variables, x)
     bf16 = models.create("mobilenet_v2", dtype=jnp.bfloat16).apply(variables, x)
-    assert bf16.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(bf16)))
+    # bfloat16 keeps 8 bits of mantissa: 17 layers of rounding stay within 2 % of the logit scale.
+    assert bf16.dtype == jnp.float32 and not np.array_equal(bf16, f32)
+    np.testing.assert_allclose(bf16, f32, rtol=0, atol=2e-2 * float(jnp.max(jnp.abs(f32))))
 
 
 @pytest.mark.slow

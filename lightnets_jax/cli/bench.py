@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lightnets_jax import models
+from lightnets_jax import models, ops
 from lightnets_jax.cli import cpu_memory
 from lightnets_jax.ops import onednn
 from lightnets_jax.training import engine
@@ -130,6 +130,7 @@ def run(name: str, batch_size: int = 128, steps: int = 5, compare_torch: bool = 
     if compare_torch:
         frameworks["torch"] = _torch_steps(name, x, y, bf16)
     result: dict = {"model": name, "batch_size": batch_size, "steps": steps, "conv_impl": conv_impl,
+                    "kernels": ops.choose_impl(conv_impl, jnp.bfloat16 if bf16 else None),
                     "compute_dtype": "bfloat16" if bf16 else "float32", "machine": machine_line()}
     if x.shape[1:] == (32, 32, 3):  # a CIFAR-10 model: can its input pipeline keep up with the step?
         result["pipeline_images_per_s"] = pipeline_images_per_s(batch_size)
