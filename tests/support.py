@@ -24,3 +24,9 @@ def assert_same_values_and_gradients(fast, reference, x, k):
     np.testing.assert_allclose(y_fast, y_ref, rtol=1e-4, atol=1e-4)
     for got, want in zip(grads_fast, grads_ref):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3 * float(jnp.max(jnp.abs(want))))
+
+
+def random_arrays(*shapes, seed: int = 0) -> list[jax.Array]:
+    """Standard-normal float32 arrays of the given shapes, drawn in order from one seeded generator."""
+    rng = np.random.default_rng(seed)
+    return [jnp.asarray(rng.standard_normal(shape, np.float32)) for shape in shapes]

@@ -8,7 +8,7 @@ import pytest
 
 from lightnets_jax import ops
 from lightnets_jax.ops import config, conv_kernel_grad, depthwise, gemm_conv, reference
-from tests.support import assert_same_values_and_gradients, needs_onednn
+from tests.support import assert_same_values_and_gradients, needs_onednn, random_arrays
 
 # (input shape, kernel shape, stride, padding): one case per formulation, with ragged depth blocks
 # (conv1-like, 13 output depths = 8 + 5), batch sizes that do not divide the chunk, and padding.
@@ -26,9 +26,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_conv_gemm_matches_xla_convolution_and_its_gradients(case, train):
     x_shape, k_shape, stride, padding = CASES[case]
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal(x_shape, np.float32))
-    k = jnp.asarray(rng.standard_normal(k_shape, np.float32))
+    x, k = random_arrays(x_shape, k_shape)
     fast = lambda x, k: gemm_conv.conv_gemm(x, k, stride, padding, train)  # noqa: E731
     plain = lambda x, k: reference.conv(x, k, stride, padding)  # noqa: E731
     assert_same_values_and_gradients(fast, plain, x, k)
@@ -62,9 +60,7 @@ def test_onednn_conv_matches_xla_convolution_and_its_gradients(case):
     # Stride-1 multi-tap cases run oneDNN (forward, input gradient); the kernel gradient is oneDNN
     # convolutions in 3D (``conv_kernel_grad``), GEMMs in 2D.
     x_shape, k_shape, stride, padding = CASES[case]
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal(x_shape, np.float32))
-    k = jnp.asarray(rng.standard_normal(k_shape, np.float32))
+    x, k = random_arrays(x_shape, k_shape)
     fast = lambda x, k: ops.conv(x, k, None, strides=stride, padding=padding, relu=False, impl="onednn", train=True)  # noqa: E731
     plain = lambda x, k: reference.conv(x, k, stride, padding)  # noqa: E731
     assert_same_values_and_gradients(fast, plain, x, k)
@@ -107,11 +103,9 @@ def test_merged_axis_kernel_grad_matches_autodiff_of_xla_convolution(case):
 
 
 def _check_kernel_and_bias_grad(kernel_grad, x_shape, k_shape, padding):
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal(x_shape, np.float32))
-    k = jnp.asarray(rng.standard_normal(k_shape, np.float32))
+    x, k = random_arrays(x_shape, k_shape)
     y, vjp = jax.vjp(lambda k: reference.conv(x, k, 1, padding), k)
-    grad = jnp.asarray(rng.standard_normal(y.shape, np.float32))
+    (grad,) = random_arrays(y.shape, seed=1)
     expected = vjp(grad)[0]
     got, bias = jax.jit(lambda x, grad: kernel_grad(x, grad, k_shape, padding, True))(x, grad)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(expected))))
@@ -122,9 +116,7 @@ def _check_kernel_and_bias_grad(kernel_grad, x_shape, k_shape, padding):
 @needs_onednn
 @pytest.mark.parametrize("stride", [1, 2])
 def test_onednn_depthwise_conv_matches_grouped_convolution_and_its_gradients(stride):
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((4, 9, 8, 6), np.float32))
-    k = jnp.asarray(rng.standard_normal((3, 3, 1, 6), np.float32))
+    x, k = random_arrays((4, 9, 8, 6), (3, 3, 1, 6))
     fast = lambda x, k: depthwise.depthwise_conv(x, k, stride, 1, "onednn")  # noqa: E731
     plain = lambda x, k: reference.conv(x, k, stride, 1, groups=6)  # noqa: E731
     assert_same_values_and_gradients(fast, plain, x, k)
@@ -135,11 +127,9 @@ def test_onednn_depthwise_conv_matches_grouped_convolution_and_its_gradients(str
 def test_folded_kernel_grad_matches_autodiff_of_the_folded_2d_convolution(padding):
     # Batch 6 in chunks of 2 (sample_channels_chunk 4 does not divide it), a 3x2 kernel (unequal
     # taps), padding.
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((6, 5, 7, 6, 3), np.float32))
-    k = jnp.asarray(rng.standard_normal((3, 2, 3 * 5, 4), np.float32))
+    x, k = random_arrays((6, 5, 7, 6, 3), (3, 2, 3 * 5, 4))
     y, vjp = jax.vjp(lambda k: reference.conv(reference.fold_depth(x), k, 1, padding), k)
-    grad = jnp.asarray(rng.standard_normal(y.shape, np.float32))
+    (grad,) = random_arrays(y.shape, seed=1)
     expected = vjp(grad)[0]
     got = jax.jit(lambda x, grad: conv_kernel_grad.folded_kernel_grad(x, grad, k.shape, padding))(x, grad)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(expected))))

@@ -37,8 +37,7 @@ class Timing:
 
 
 # Untimed train+eval rounds before timing. The first compiles; the next let the process's heap grow
-# to what a step needs: on a 2-core Xeon, MobileNetV1's JAX training steps after one round took
-# 0.93, 0.55, 0.35, 0.46, 0.34 s (docs/performance.md).
+# to what a step needs (the first steps after compiling run slower: docs/performance.md).
 WARMUP_ROUNDS = 3
 
 

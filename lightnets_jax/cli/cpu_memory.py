@@ -2,11 +2,11 @@
 
 XLA on CPU allocates each step's activations and gradients afresh, and glibc serves buffers this
 large with new ``mmap`` regions that the kernel faults in and zeroes, then unmaps when the step
-frees them: a MobileNetV2 training step at batch 128 took about 430,000 page faults and 0.6-2.8 s
-of kernel time per step. Three settings stop that (docs/performance.md has the numbers):
+frees them: hundreds of thousands of page faults per training step. Three settings stop that
+(docs/performance.md, "Memory"):
 
 * ``glibc.malloc.hugetlb=1`` (kernels whose transparent huge pages are in ``madvise`` mode,
-  glibc >= 2.35): 2 MiB pages instead of 4 KiB ones, 250x fewer faults;
+  glibc >= 2.35): 2 MiB pages instead of 4 KiB ones;
 * ``glibc.malloc.mmap_max=0`` and a large ``glibc.malloc.trim_threshold``: large blocks come from
   the heap, and what a step frees stays there for the next step instead of going back to the
   kernel (which would zero it again);

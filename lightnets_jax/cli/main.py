@@ -1,4 +1,4 @@
-"""The ``lightnets`` command: train, evaluate, summary, bench."""
+"""The ``lightnets`` command: train, evaluate, predict, summary, bench."""
 
 from __future__ import annotations
 
@@ -86,6 +86,15 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _predict(args) -> int:
+    from lightnets_jax.tasks import predict
+
+    predict.predict(args.workdir, cube=args.cube, gt=args.gt, cube_key=args.cube_key, gt_key=args.gt_key,
+                    out=args.out, method=args.method, probabilities=args.probabilities, mask_nodata=args.mask_nodata,
+                    overwrite=args.overwrite, tile=args.tile)
+    return 0
+
+
 def _summary(args) -> int:
     from lightnets_jax.reports.summary import summarize
 
@@ -163,6 +172,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="re-create the report from a workdir's latest checkpoint")
     evaluate.add_argument("--workdir", required=True)
     evaluate.set_defaults(func=_evaluate)
+
+    predict = sub.add_parser("predict", help="map a whole scene with a trained HybridSN run")
+    predict.add_argument("--workdir", required=True, help="a finished (or checkpointed) `lightnets train hybridsn` run")
+    predict.add_argument("--cube", help="another scene's .mat/.npy cube (H, W, bands) with the run's bands; "
+                         "default: the run's own scene")
+    predict.add_argument("--gt", help="its ground truth (H, W), drawn beside the map")
+    predict.add_argument("--cube-key")
+    predict.add_argument("--gt-key")
+    predict.add_argument("--out", help="output folder (default WORKDIR/predict/SCENE)")
+    predict.add_argument("--method", choices=["dense", "patch"], default="dense",
+                         help="dense: fully convolutional over tiles (default); patch: every pixel's patch (slow, for checking)")
+    predict.add_argument("--tile", type=int, help="output pixels per tile side (default: from a 256 MB budget)")
+    predict.add_argument("--probabilities", action="store_true", help="also write probabilities.npy, float16 (H, W, K)")
+    predict.add_argument("--mask-nodata", action="store_true",
+                         help="leave pixels whose spectrum is all zero or not finite unclassified (0) instead of failing")
+    predict.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    predict.set_defaults(func=_predict)
 
     summary = sub.add_parser("summary", help="layer table: output shapes, parameters, multiply-adds")
     summary.add_argument("model")

@@ -166,19 +166,57 @@ PCA_BLOCK = 1 << 16  # pixels per transform block
 def apply_pca(cube: np.ndarray, components: int, whiten: bool = True, fit_mask: np.ndarray | None = None,
               seed: int = 0) -> np.ndarray:
     """PCA over bands, as the note's ``applyPCA``; ``fit_mask`` fits on those pixels only."""
+    return pca_transform(fit_pca(cube, components, whiten, fit_mask, seed), cube)
+
+
+def fit_pca(cube: np.ndarray, components: int, whiten: bool = True, fit_mask: np.ndarray | None = None,
+            seed: int = 0):
+    """sklearn's PCA over the bands of ``cube`` (of the ``fit_mask`` pixels if given), fitted."""
     from sklearn.decomposition import PCA
 
-    height, width, bands = cube.shape
+    bands = cube.shape[-1]
     if not 1 <= components <= bands:
         raise DataError(f"PCA components must be between 1 and the cube's {bands} bands, got {components}")
     flat = cube.reshape(-1, bands)
     pca = PCA(n_components=components, whiten=whiten, random_state=seed)
-    pca.fit(flat if fit_mask is None else flat[fit_mask.reshape(-1)])
-    # Transformed in row blocks: sklearn centres a copy of its input, a second cube at once.
-    reduced = np.empty((len(flat), components), np.float32)
+    return pca.fit(flat if fit_mask is None else flat[fit_mask.reshape(-1)])
+
+
+def pca_transform(pca, cube: np.ndarray) -> np.ndarray:
+    """``cube`` (H, W, bands) through a fitted PCA, float32, in row blocks (sklearn centres a copy
+    of its input: a second cube at once otherwise)."""
+    height, width, bands = cube.shape
+    if bands != pca.n_features_in_:
+        raise DataError(f"the cube has {bands} bands but the PCA was fitted on {pca.n_features_in_}; "
+                        "pass a cube of the same sensor and band selection")
+    flat = cube.reshape(-1, bands)
+    reduced = np.empty((len(flat), pca.n_components_), np.float32)
     for start in range(0, len(flat), PCA_BLOCK):
         reduced[start:start + PCA_BLOCK] = pca.transform(flat[start:start + PCA_BLOCK])
-    return reduced.reshape(height, width, components)
+    return reduced.reshape(height, width, pca.n_components_)
+
+
+_PCA_FIELDS = ("mean_", "components_", "explained_variance_", "n_components_", "n_features_in_")
+
+
+def save_pca(path: Path, pca, patch_size: int) -> None:
+    """A fitted PCA and the patch size, enough to prepare another scene exactly as the training one."""
+    arrays = {name: np.asarray(getattr(pca, name)) for name in _PCA_FIELDS}
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp.npz")
+    np.savez(tmp, whiten=np.asarray(pca.whiten), patch_size=np.asarray(patch_size), **arrays)
+    tmp.replace(path)
+
+
+def load_pca(path: Path):
+    """(the fitted PCA, the patch size) saved by ``save_pca``."""
+    from sklearn.decomposition import PCA
+
+    saved = np.load(path)
+    pca = PCA(n_components=int(saved["n_components_"]), whiten=bool(saved["whiten"]))
+    for name in _PCA_FIELDS:
+        value = saved[name]
+        setattr(pca, name, value.item() if value.ndim == 0 else value)
+    return pca, int(saved["patch_size"])
 
 
 def check_window(window: int, height: int, width: int) -> None:

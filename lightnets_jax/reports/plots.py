@@ -29,14 +29,19 @@ def color_map(class_map: np.ndarray, num_classes: int) -> np.ndarray:
     return class_colors(num_classes)[class_map]
 
 
-def save_classification_map(path: Path, prediction: np.ndarray, ground_truth: np.ndarray, class_names, title: str) -> None:
-    """Prediction for every pixel beside the ground truth, with a legend; plus raw-size PNG maps."""
+def save_classification_map(path: Path, prediction: np.ndarray, ground_truth: np.ndarray | None, class_names,
+                            title: str) -> None:
+    """Prediction for every pixel beside the ground truth (alone without one), with a legend; plus
+    a raw-size PNG map."""
     plt = _pyplot()
     num_classes = len(class_names)
     colors = class_colors(num_classes)
     plt.imsave(path.with_name(path.stem + "_pixels.png"), color_map(prediction, num_classes))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 6.5))
-    for ax, image, name in zip(axes, (ground_truth, prediction), ("ground truth", "prediction (every pixel)")):
+    panels = [(prediction, "prediction (every pixel)")]
+    if ground_truth is not None:
+        panels.insert(0, (ground_truth, "ground truth"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 6.5), squeeze=False)
+    for ax, (image, name) in zip(axes[0], panels):
         ax.imshow(color_map(image, num_classes), interpolation="nearest")
         ax.set_title(name)
         ax.axis("off")

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from lightnets_jax import models
 from lightnets_jax.data import hyperspectral as hsi
 from lightnets_jax.reports import metrics, plots
+from lightnets_jax.tasks import scene_map
 from lightnets_jax.training import checkpoint, engine, records
 
 
@@ -79,6 +80,7 @@ class Prepared:
     split: hsi.Split
     padded: np.ndarray  # (H + S - 1, W + S - 1, bands) float32, PCA-reduced and zero-padded
     cube_shape: tuple[int, int, int]
+    pca: object  # the fitted sklearn PCA, saved with the run to prepare other scenes alike
 
 
 def prepare(config: HSIConfig) -> Prepared:
@@ -98,10 +100,15 @@ def prepare(config: HSIConfig) -> Prepared:
     if config.pca_fit == "train":
         fit_mask = np.zeros(scene.labels.shape, bool)
         fit_mask[split.train[:, 0], split.train[:, 1]] = True
-    reduced = hsi.apply_pca(scene.cube, config.pca_components, whiten=True, fit_mask=fit_mask)
+    pca = hsi.fit_pca(scene.cube, config.pca_components, whiten=True, fit_mask=fit_mask)
+    reduced = hsi.pca_transform(pca, scene.cube)
     # The raw cube is not needed past PCA; keeping it would double a large scene's footprint.
     return Prepared(dataclasses.replace(scene, cube=None), split, hsi.pad_cube(reduced, config.patch_size),
-                    scene.cube.shape)
+                    scene.cube.shape, pca)
+
+
+# The run's fitted PCA and patch size (``hsi.save_pca``), for predicting other scenes alike.
+PREPROCESSING = "preprocessing.npz"
 
 
 def build_model(config: HSIConfig, num_classes: int):
@@ -110,8 +117,9 @@ def build_model(config: HSIConfig, num_classes: int):
                          dtype=jnp.bfloat16 if config.bf16 else None)
 
 
-def _initial_state(config: HSIConfig, prepared: Prepared, steps_per_epoch: int) -> engine.TrainState:
-    model = build_model(config, prepared.scene.num_classes)
+def initial_state(config: HSIConfig, num_classes: int, steps_per_epoch: int = 1) -> engine.TrainState:
+    """The run's state before training (the structure checkpoints restore into)."""
+    model = build_model(config, num_classes)
     tx = engine.make_optimizer(config.optimizer, config.epochs, steps_per_epoch)
     example = jnp.zeros((1, config.patch_size, config.patch_size, config.pca_components))
     return engine.create_train_state(model, tx, example, config.seed)
@@ -131,7 +139,7 @@ def train(config: HSIConfig, workdir: Path, resume: bool = False, log=print) -> 
     split = prepared.split
     batch = min(config.batch_size, len(split.train))
     steps = _steps_per_epoch(config, len(split.train))
-    state = _initial_state(config, prepared, steps)
+    state = initial_state(config, prepared.scene.num_classes, steps)
     state, start_epoch = checkpoint.start_or_resume(workdir, config, state, resume, log)
     log(f"{prepared.scene.name}: cube {prepared.cube_shape}, {len(split.train)} train / "
         f"{len(split.test)} test pixels ({split.method}); {config.model}, {config.epochs} epochs, "
@@ -213,12 +221,13 @@ def evaluate(workdir: Path, state=None, prepared: Prepared | None = None, config
     split, scene = prepared.split, prepared.scene
     if state is None:
         steps = _steps_per_epoch(config, len(split.train))
-        state, _ = checkpoint.restore(workdir, _initial_state(config, prepared, steps))
+        state, _ = checkpoint.restore(workdir, initial_state(config, prepared.scene.num_classes, steps))
+    hsi.save_pca(workdir / PREPROCESSING, prepared.pca, config.patch_size)
     tic = time.time()
     if config.predict_map:
-        height, width = scene.labels.shape
-        full = predict(state, prepared.padded, hsi.scene_pixels(height, width), config.patch_size,
-                       desc="predict scene").reshape(height, width)
+        model = build_model(config, scene.num_classes)
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        full = scene_map.predict_scene(model, variables, prepared.padded, "dense", desc="map scene").labels
         test_pred = full[split.test[:, 0], split.test[:, 1]]
     else:
         test_pred = predict(state, prepared.padded, split.test, config.patch_size, desc="predict test")

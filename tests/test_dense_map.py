@@ -1,0 +1,84 @@
+"""Dense (fully convolutional) HybridSN maps against the patch-by-patch network they replace."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lightnets_jax import models
+from lightnets_jax.data import hyperspectral as hsi
+from lightnets_jax.models.hybridsn_dense import dense_logits
+from lightnets_jax.tasks import scene_map
+
+
+def _model_and_variables(name, patch_size=11, bands=16, num_classes=5):
+    model = models.create(name, patch_size=patch_size, bands=bands, num_classes=num_classes)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((8, patch_size, patch_size, bands), np.float32))
+    variables = model.init(jax.random.key(0), x[:1], train=False)
+    for step in range(3):  # running statistics away from their start, so BatchNorm's folding has work
+        _, updates = model.apply(variables, x * (1 + step) + 0.5, train=True, mutable=["batch_stats"],
+                                 rngs={"dropout": jax.random.key(step)})
+        variables = {**variables, **updates}
+    return model, variables
+
+
+def _padded_scene(height, width, bands, window, seed=1):
+    cube = np.random.default_rng(seed).standard_normal((height, width, bands)).astype(np.float32)
+    return hsi.pad_cube(cube, window)
+
+
+@pytest.mark.parametrize("name", ["hybridsn", "hybridsn_bn"])
+def test_dense_logits_are_the_patch_logits(name):
+    model, variables = _model_and_variables(name)
+    padded = _padded_scene(13, 9, 16, 11)  # odd sides
+    dense = dense_logits(model, variables, jnp.asarray(padded[None]))[0]
+    coords = hsi.scene_pixels(13, 9)
+    patches = hsi.gather_patches(padded, coords[:, 0], coords[:, 1], 11)
+    per_patch = model.apply(variables, jnp.asarray(patches), train=False).reshape(13, 9, -1)
+    scale = float(jnp.max(jnp.abs(per_patch)))
+    np.testing.assert_allclose(dense, per_patch, rtol=0, atol=1e-4 * scale)
+    np.testing.assert_array_equal(np.argmax(dense, -1), np.argmax(per_patch, -1))
+
+
+@pytest.mark.parametrize("name", ["hybridsn", "hybridsn_bn"])
+@pytest.mark.parametrize("tile", [4, 7, None])  # tiles that do not divide the 17 x 11 scene; the budget's
+def test_tiled_map_equals_the_patch_map(name, tile):
+    model, variables = _model_and_variables(name)
+    padded = _padded_scene(17, 11, 16, 11, seed=2)
+    dense = scene_map.predict_scene(model, variables, padded, "dense", probabilities=True, tile=tile)
+    patch = scene_map.predict_scene(model, variables, padded, "patch", probabilities=True, batch_size=32)
+    np.testing.assert_array_equal(dense.labels, patch.labels)
+    np.testing.assert_allclose(dense.probabilities.astype(np.float32), patch.probabilities.astype(np.float32),
+                               atol=2e-3)
+    assert dense.probabilities.dtype == np.float16 and dense.labels.shape == (17, 11)
+    if tile is not None:
+        assert dense.tile == (tile, tile)
+
+
+def test_tile_side_follows_the_memory_budget():
+    small = scene_map.tile_side(25, 30, memory_budget=64 << 20)
+    large = scene_map.tile_side(25, 30, memory_budget=1 << 30)
+    assert 1 <= small < large
+    per_position = scene_map.activation_bytes_per_position(30)
+    assert (large + 24) ** 2 * per_position <= 1 << 30 < (large + 26) ** 2 * per_position
+    assert scene_map.tile_side(25, 30, devices=4, memory_budget=1 << 30) < large
+    assert scene_map.tile_side(25, 30, memory_budget=1) == 1
+
+
+def test_unknown_method_is_refused():
+    model, variables = _model_and_variables("hybridsn")
+    with pytest.raises(ValueError, match="unknown method 'fast'; choose one of dense, patch"):
+        scene_map.predict_scene(model, variables, _padded_scene(5, 5, 16, 11), "fast")
+
+
+@pytest.mark.slow
+def test_indian_pines_dense_map_equals_the_patch_map():
+    scene = hsi.load_scene("indian_pines")
+    reduced = hsi.apply_pca(scene.cube, 30)
+    padded = hsi.pad_cube(reduced, 25)
+    model, variables = _model_and_variables("hybridsn_bn", patch_size=25, bands=30, num_classes=16)
+    dense = scene_map.predict_scene(model, variables, padded, "dense", tile=100)  # 2 x 2 tiles, borders inside
+    patch = scene_map.predict_scene(model, variables, padded, "patch")
+    assert dense.labels.shape == (145, 145)
+    np.testing.assert_array_equal(dense.labels, patch.labels)

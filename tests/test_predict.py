@@ -1,0 +1,109 @@
+"""``lightnets predict``: a trained run maps its own scene or a new one, and refuses bad input
+with one line, leaving nothing half-written."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from lightnets_jax import cli
+from lightnets_jax.tasks import hyperspectral, predict
+from lightnets_jax.training.engine import OptimizerConfig
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One epoch of HybridSN on a 17 x 15 synthetic scene of 20 bands (PCA fitted on training pixels)."""
+    folder = tmp_path_factory.mktemp("predict")
+    rng = np.random.default_rng(0)
+    labels = np.zeros((17, 15), np.int32)
+    labels[2:14, 2:14] = np.repeat(np.arange(3) + 1, 48).reshape(12, 12)
+    cube = rng.standard_normal((17, 15, 20)).astype(np.float32) + labels[..., None] * np.linspace(-3, 3, 20)
+    np.save(folder / "cube.npy", cube)
+    np.save(folder / "gt.npy", labels)
+    config = hyperspectral.make_config("default", cube=str(folder / "cube.npy"), gt=str(folder / "gt.npy"),
+                                       pca_components=16, patch_size=9, test_ratio=0.5, epochs=1, batch_size=8,
+                                       pca_fit="train", optimizer=OptimizerConfig("adam", 1e-3, "constant"))
+    hyperspectral.train(config, folder / "run", log=lambda *_: None)
+    return folder
+
+
+def test_maps_its_own_scene_dense_as_patch_by_patch(run, tmp_path):
+    record = predict.predict(run / "run", out=tmp_path / "dense", probabilities=True, tile=5, log=lambda *_: None)
+    predict.predict(run / "run", out=tmp_path / "patch", method="patch", log=lambda *_: None)
+    dense, patch = (np.load(tmp_path / d / "classification_map.npy") for d in ("dense", "patch"))
+    np.testing.assert_array_equal(dense, patch)
+    assert dense.shape == (17, 15) and dense.min() >= 1 and dense.max() <= 3
+    # The map training wrote (from the dense path too) is the same map, shifted by one.
+    np.testing.assert_array_equal(np.load(run / "run" / "classification_map.npy") + 1, dense)
+    probabilities = np.load(tmp_path / "dense" / "probabilities.npy")
+    assert probabilities.dtype == np.float16 and probabilities.shape == (17, 15, 3)
+    np.testing.assert_array_equal(np.argmax(probabilities, -1) + 1, dense)
+    saved = json.loads((tmp_path / "dense" / "prediction.json").read_text())
+    assert saved == pytest.approx(record) and saved["shape"] == [17, 15, 20] and saved["checkpoint_epoch"] == 1
+    assert saved["tile"] == [5, 5] and saved["pixels_per_s"] > 0 and saved["peak_rss_mb"] > 0
+    assert (tmp_path / "dense" / "classification_map.png").is_file()
+
+
+def test_a_new_scene_uses_the_runs_own_pca(run, tmp_path):
+    # The training scene given as a "new" cube: the saved PCA (fitted on training pixels only)
+    # must give the very map of the run's own scene; a PCA refitted on the cube would not.
+    own = predict.predict(run / "run", out=tmp_path / "own", log=lambda *_: None)
+    new = predict.predict(run / "run", cube=str(run / "cube.npy"), gt=str(run / "gt.npy"), out=tmp_path / "new",
+                          log=lambda *_: None)
+    np.testing.assert_array_equal(np.load(tmp_path / "own" / "classification_map.npy"),
+                                  np.load(tmp_path / "new" / "classification_map.npy"))
+    assert own["scene"] != new["scene"] == "cube"
+
+
+def test_masked_nodata_pixels_stay_unclassified(run, tmp_path):
+    cube = np.load(run / "cube.npy")
+    cube[0, :4] = np.nan
+    cube[16, 14] = 0
+    np.save(tmp_path / "holes.npy", cube)
+    args = ["predict", "--workdir", str(run / "run"), "--cube", str(tmp_path / "holes.npy"), "--out", str(tmp_path / "m")]
+    assert cli.main(args) == 2 and not (tmp_path / "m").exists()
+    assert cli.main(args + ["--mask-nodata"]) == 0
+    class_map = np.load(tmp_path / "m" / "classification_map.npy")
+    assert (class_map[0, :4] == 0).all() and class_map[16, 14] == 0 and (class_map == 0).sum() == 5
+    assert json.loads((tmp_path / "m" / "prediction.json").read_text())["unclassified_pixels"] == 5
+
+
+def test_bad_input_is_one_line_and_leaves_nothing(run, tmp_path, capsys):
+    workdir = str(run / "run")
+    np.save(tmp_path / "bands.npy", np.zeros((17, 15, 12), np.float32))
+    np.save(tmp_path / "tiny.npy", np.load(run / "cube.npy")[:3, :3])
+    (tmp_path / "empty").mkdir()
+    shutil.copy(run / "run" / "config.json", tmp_path / "empty" / "config.json")
+    cases = {
+        "12 bands but the run was trained on 20": ["--workdir", workdir, "--cube", str(tmp_path / "bands.npy")],
+        "patch size 9 exceeds the 3x3 scene": ["--workdir", workdir, "--cube", str(tmp_path / "tiny.npy")],
+        "holds no checkpoint": ["--workdir", str(tmp_path / "empty")],
+        "has no config.json": ["--workdir", str(tmp_path / "nowhere")],
+    }
+    for message, args in cases.items():
+        assert cli.main(["predict", *args, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp")]
+
+
+def test_an_existing_output_is_refused_unless_overwrite(run, tmp_path, capsys):
+    args = ["predict", "--workdir", str(run / "run"), "--out", str(tmp_path / "o")]
+    assert cli.main(args) == 0
+    assert cli.main(args) == 2 and "already exists; pass --overwrite" in capsys.readouterr().err
+    assert cli.main(args + ["--overwrite"]) == 0 and sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        "classification_map.npy", "classification_map.png", "classification_map_pixels.png", "prediction.json"]
+
+
+def test_an_old_run_without_its_pca_maps_its_own_scene_but_not_another(run, tmp_path, capsys):
+    old = tmp_path / "old"
+    shutil.copytree(run / "run", old)
+    (old / hyperspectral.PREPROCESSING).unlink()
+    assert cli.main(["predict", "--workdir", str(old), "--out", str(tmp_path / "own")]) == 0
+    assert cli.main(["predict", "--workdir", str(old), "--cube", str(run / "cube.npy"), "--out", str(tmp_path / "x")]) == 2
+    assert "re-evaluate it (lightnets evaluate" in capsys.readouterr().err
