@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 from lightnets_jax import models, ops
+from lightnets_jax.checks import argument
 from lightnets_jax.cli import cpu_memory
+
+POSITIVE_INT = argument(low=1)
 
 
 def _train(args) -> int:
@@ -29,7 +32,8 @@ def _train(args) -> int:
         raise ValueError(f"--dataset {dataset} takes {' or '.join(hyperspectral_models)}, got {args.model!r}")
     base = base or configs.load(hyperspectral.RECIPES[args.recipe])
     config = configs.override(
-        base, model=args.model, scene=args.scene, cube=args.cube, gt=args.gt, data_dir=args.data_dir,
+        base, model=args.model, scene=hyperspectral.scene_name(args.name or args.scene, args.cube),
+        class_names=_class_names(args.class_names), cube=args.cube, gt=args.gt, data_dir=args.data_dir,
         cube_key=args.cube_key, gt_key=args.gt_key, pca_components=args.pca_components, pca_fit=args.pca_fit,
         patch_size=args.patch_size, split=args.split, test_ratio=args.test_ratio, per_class=args.per_class,
         split_seed=args.split_seed, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
@@ -42,6 +46,14 @@ def _train(args) -> int:
     print("OA %.2f  AA %.2f  Kappa %.2f  (train %.0f s)" % (report["overall_accuracy"], report["average_accuracy"],
                                                           report["kappa"], report["train_wall_seconds"]))
     return 0
+
+
+def _class_names(path: str | None) -> tuple[str, ...] | None:
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--class-names {path}: no such file (one class name a line)")
+    return tuple(line.strip() for line in Path(path).read_text().splitlines() if line.strip())
 
 
 def _optimizer(base, args):
@@ -74,15 +86,19 @@ def _evaluate(args) -> int:
     config_path = workdir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{workdir} has no config.json; train there first (lightnets train ... --workdir {workdir})")
-    if "scene" in json.loads(config_path.read_text()):
-        from lightnets_jax.tasks import hyperspectral
+    from lightnets_jax.training import workdir_lock
 
-        report = hyperspectral.evaluate(workdir)
-        print("OA %.2f  AA %.2f  Kappa %.2f" % (report["overall_accuracy"], report["average_accuracy"], report["kappa"]))
-    else:
-        from lightnets_jax.tasks import classification
+    with workdir_lock.owned(workdir):  # not while a run is writing there
+        if "scene" in json.loads(config_path.read_text()):
+            from lightnets_jax.tasks import hyperspectral
 
-        classification.evaluate(workdir)
+            report = hyperspectral.evaluate(workdir)
+            print("OA %.2f  AA %.2f  Kappa %.2f" % (report["overall_accuracy"], report["average_accuracy"],
+                                                  report["kappa"]))
+        else:
+            from lightnets_jax.tasks import classification
+
+            classification.evaluate(workdir)
     return 0
 
 
@@ -95,10 +111,23 @@ def _predict(args) -> int:
     return 0
 
 
+def _json_options(text: str | None) -> dict:
+    """``--options``: a JSON object of model options."""
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--options is not valid JSON ({err.msg} at character {err.pos}): {text}") from None
+    if not isinstance(options, dict):
+        raise ValueError(f'--options must be a JSON object such as \'{{"width_multiplier": 0.5}}\', got {text}')
+    return options
+
+
 def _summary(args) -> int:
     from lightnets_jax.reports.summary import summarize
 
-    options = json.loads(args.options) if args.options else {}
+    options = _json_options(args.options)
     shape = tuple(args.input_shape) if args.input_shape else None
     summary = summarize(args.model, shape, **options)
     print(summary.to_json() if args.json else summary.to_table())
@@ -135,37 +164,40 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --workdir")
     train.add_argument("--dataset", choices=["cifar10", "indian_pines"],
                        help="default: indian_pines for HybridSN, cifar10 for the MobileNets")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float)
+    train.add_argument("--epochs", type=POSITIVE_INT)
+    train.add_argument("--batch-size", type=POSITIVE_INT)
+    train.add_argument("--lr", type=argument(float, low=0, low_open=True))
     train.add_argument("--schedule", choices=["constant", "cosine", "step", "onecycle"])
     train.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
-    train.add_argument("--weight-decay", type=float)
+    train.add_argument("--weight-decay", type=argument(float, low=0))
     train.add_argument("--nesterov", action=argparse.BooleanOptionalAction, help="SGD with Nesterov momentum")
-    train.add_argument("--label-smoothing", type=float)
-    train.add_argument("--val-size", type=int, help="CIFAR-10: training images held out to pick the best checkpoint")
+    train.add_argument("--label-smoothing", type=argument(float, low=0, high=1, high_open=True))
+    train.add_argument("--val-size", type=POSITIVE_INT, help="CIFAR-10: training images held out to pick the best checkpoint")
     train.add_argument("--bf16", action="store_true", help="bfloat16 compute, float32 parameters")
     train.add_argument("--init", choices=["torch", "glorot"], help="weight initialization")
-    train.add_argument("--seed", type=int, help="initialization, dropout and shuffling seed")
+    train.add_argument("--seed", type=argument(low=0), help="initialization, dropout and shuffling seed")
     train.add_argument("--data-dir", help="CIFAR-10: folder with cifar-10-batches-py/ (or $LIGHTNETS_CIFAR10_DIR); "
                        "hyperspectral: folder with the scene's usual .mat files")
     multi = train.add_argument_group("multi-host (jax.distributed)")
     multi.add_argument("--coordinator", help="host:port of process 0")
-    multi.add_argument("--num-processes", type=int)
-    multi.add_argument("--process-id", type=int)
+    multi.add_argument("--num-processes", type=POSITIVE_INT)
+    multi.add_argument("--process-id", type=argument(low=0))
     hsi = train.add_argument_group("hyperspectral data")
-    hsi.add_argument("--scene", choices=["indian_pines", "salinas", "paviau"], default="indian_pines")
+    hsi.add_argument("--scene", choices=["indian_pines", "salinas", "paviau"],
+                     help="a known scene (default indian_pines, bundled; the others need --data-dir)")
+    hsi.add_argument("--name", help="a scene of one's own (--cube/--gt): its name (default: the cube file's)")
+    hsi.add_argument("--class-names", help="a scene of one's own: a text file, one class name a line (default: numbered)")
     hsi.add_argument("--cube", help=".mat or .npy image cube (H, W, bands)")
     hsi.add_argument("--gt", help=".mat or .npy ground truth (H, W), 0 = unlabelled")
     hsi.add_argument("--cube-key")
     hsi.add_argument("--gt-key")
-    hsi.add_argument("--pca-components", type=int)
+    hsi.add_argument("--pca-components", type=POSITIVE_INT)
     hsi.add_argument("--pca-fit", choices=["scene", "train"])
-    hsi.add_argument("--patch-size", type=int)
+    hsi.add_argument("--patch-size", type=argument(low=1, odd=True))
     hsi.add_argument("--split", choices=["stratified", "disjoint", "per-class"])
-    hsi.add_argument("--test-ratio", type=float)
-    hsi.add_argument("--per-class", type=int)
-    hsi.add_argument("--split-seed", type=int)
+    hsi.add_argument("--test-ratio", type=argument(float, low=0, high=1, low_open=True, high_open=True))
+    hsi.add_argument("--per-class", type=POSITIVE_INT)
+    hsi.add_argument("--split-seed", type=argument(low=0))
     hsi.add_argument("--no-map", action="store_true", help="predict test pixels only, no full-scene map")
     train.set_defaults(func=_train)
 
@@ -183,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", help="output folder (default WORKDIR/predict/SCENE)")
     predict.add_argument("--method", choices=["dense", "patch"], default="dense",
                          help="dense: fully convolutional over tiles (default); patch: every pixel's patch (slow, for checking)")
-    predict.add_argument("--tile", type=int, help="output pixels per tile side (default: from a 256 MB budget)")
+    predict.add_argument("--tile", type=POSITIVE_INT, help="output pixels per tile side (default: from a 256 MB budget)")
     predict.add_argument("--probabilities", action="store_true", help="also write probabilities.npy, float16 (H, W, K)")
     predict.add_argument("--mask-nodata", action="store_true",
                          help="leave pixels whose spectrum is all zero or not finite unclassified (0) instead of failing")
@@ -199,9 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="train-step and eval images/s (optionally against PyTorch)")
     bench.add_argument("models", nargs="+", metavar="MODEL")
-    bench.add_argument("--batch-size", type=int, default=128)
-    bench.add_argument("--steps", type=int, default=5, help="timed steps per phase (median reported)")
-    bench.add_argument("--warmup", type=int, default=None,
+    bench.add_argument("--batch-size", type=POSITIVE_INT, default=128)
+    bench.add_argument("--steps", type=POSITIVE_INT, default=5, help="timed steps per phase (median reported)")
+    bench.add_argument("--warmup", type=POSITIVE_INT, default=None,
                        help="untimed train+eval rounds first (default 3; the first compiles; reported apart)")
     bench.add_argument("--compare-torch", action="store_true", help="time the note's PyTorch code, interleaved")
     bench.add_argument("--conv-impl", choices=list(ops.REQUESTS), default="fast",

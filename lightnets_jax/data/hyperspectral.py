@@ -61,8 +61,11 @@ def load_scene(
     data_dir: str | Path | None = None,
     cube_key: str | None = None,
     gt_key: str | None = None,
+    class_names: tuple[str, ...] | None = None,
 ) -> Scene:
-    """Load a scene: explicit files, ``data_dir`` with the usual file names, or the bundled Indian Pines."""
+    """Load a scene: explicit files, ``data_dir`` with the usual file names, or the bundled Indian
+    Pines. A scene of one's own (``scene`` not a known one) has its classes numbered unless
+    ``class_names`` names them."""
     if scene not in SCENES and cube_path is None:
         raise DataError(f"unknown scene {scene!r}; choose one of {', '.join(SCENES)} or pass --cube FILE --gt FILE")
     if (cube_path is None) != (gt_path is None):
@@ -79,10 +82,12 @@ def load_scene(
         cube, gt = read_array(cube_path, cube_key, ndim=3), read_array(gt_path, gt_key, ndim=2)
     cube, gt = validate_scene(cube, gt)
     num_classes = int(gt.max())
-    names = SCENES.get(scene, {}).get("classes", ())
+    if class_names is not None and len(class_names) != num_classes:
+        raise DataError(f"{len(class_names)} class names given but the ground truth has {num_classes} classes")
+    names = class_names or SCENES.get(scene, {}).get("classes", ())
     if len(names) != num_classes:
         names = tuple(f"class {i}" for i in range(1, num_classes + 1))
-    return Scene(scene if scene in SCENES else Path(cube_path).stem, cube, gt, tuple(names))
+    return Scene(scene, cube, gt, tuple(names))
 
 
 def _bundled_indian_pines() -> tuple[np.ndarray, np.ndarray]:
@@ -96,6 +101,8 @@ def _bundled_indian_pines() -> tuple[np.ndarray, np.ndarray]:
 def read_array(path: str | Path, key: str | None, ndim: int) -> np.ndarray:
     """Read a .npy or .mat (v5 via scipy, v7.3/HDF5 via h5py) array of the given rank."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"cannot read {path}: it is a folder; pass the file itself (.npy or .mat)")
     if not path.is_file():
         raise DataError(f"cannot read {path}: no such file")
     try:

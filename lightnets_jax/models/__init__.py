@@ -14,6 +14,7 @@ from typing import Any, Callable
 import flax.linen as nn
 
 from lightnets_jax import ops
+from lightnets_jax.checks import check_range
 from lightnets_jax.models import mobilenet_v1, mobilenet_v2
 from lightnets_jax.models.hybridsn import HybridSN
 from lightnets_jax.models.mobilenet_v1 import MobileNetV1
@@ -66,6 +67,16 @@ _SPECS = (
 _REGISTRY = {s.name: s for s in _SPECS}
 
 
+# Values no model can be built with (HybridSN's convs need patches of 9 and 13 bands at least).
+_OPTION_LIMITS = {
+    "num_classes": dict(low=1, integer=True),
+    "width_multiplier": dict(low=0, low_open=True),
+    "patch_size": dict(low=9, odd=True),
+    "bands": dict(low=13, integer=True),
+    "dropout_rate": dict(low=0, high=1, high_open=True),
+}
+
+
 def available(task: str | None = None) -> list[str]:
     """The registered model names (of one ``task`` if given)."""
     return sorted(name for name, s in _REGISTRY.items() if task is None or s.task == task)
@@ -93,6 +104,9 @@ def create(name: str, **options: Any) -> nn.Module:
     if unknown:
         raise TypeError(f"model {name!r} has no option {', '.join(unknown)}; its options are: {', '.join(sorted(fields))}")
     options = {**model_spec.defaults, **options}
+    for option, limits in _OPTION_LIMITS.items():
+        if option in options:
+            check_range(option, options[option], **limits)
     options["conv_impl"] = ops.choose_impl(options.get("conv_impl", "fast"), options.get("dtype"))
     return model_spec.build(**options)
 

@@ -19,9 +19,12 @@ def scores(confusion: np.ndarray) -> dict:
     overall = np.trace(confusion) / total
     expected = (confusion.sum(axis=0) * support).sum() / total**2
     kappa = (overall - expected) / (1 - expected) if expected < 1 else 1.0
+    present = support > 0
+    # A class with no test pixel has no accuracy: None in the list, left out of AA (and listed).
     return {
         "overall_accuracy": 100 * overall,
-        "average_accuracy": 100 * per_class[support > 0].mean(),
+        "average_accuracy": 100 * per_class[present].mean(),
         "kappa": 100 * kappa,
-        "per_class_accuracy": (100 * per_class).tolist(),
+        "per_class_accuracy": [100 * float(a) if p else None for a, p in zip(per_class, present)],
+        "absent_classes": [int(i) for i in np.flatnonzero(~present)],
     }

@@ -20,9 +20,10 @@ import numpy as np
 from tqdm import tqdm
 
 from lightnets_jax import models
+from lightnets_jax.checks import check_range
 from lightnets_jax.data import cifar10
 from lightnets_jax.reports import plots
-from lightnets_jax.training import checkpoint, engine, records
+from lightnets_jax.training import checkpoint, engine, records, workdir_lock
 from lightnets_jax.training.parallel import DataParallel
 
 
@@ -42,6 +43,14 @@ class CifarConfig:
     label_smoothing: float = 0.1
     bf16: bool = False
     optimizer: engine.OptimizerConfig = engine.OptimizerConfig("sgd", 0.1, "cosine", nesterov=True, weight_decay=5e-4)
+
+    def __post_init__(self):
+        check_range("epochs", self.epochs, 1, integer=True)
+        check_range("batch_size", self.batch_size, 1, integer=True)
+        check_range("val_size", self.val_size, 1, integer=True)
+        check_range("seed", self.seed, 0, integer=True)
+        check_range("width_multiplier", self.width_multiplier, 0, low_open=True)
+        check_range("label_smoothing", self.label_smoothing, 0, 1, high_open=True)
 
     @classmethod
     def from_json(cls, payload: dict) -> "CifarConfig":
@@ -76,18 +85,26 @@ def accuracy(state, images: np.ndarray, labels: np.ndarray, parallel: DataParall
 
 
 def train(config: CifarConfig, workdir: Path, resume: bool = False, log=print) -> dict:
-    workdir = Path(workdir)
+    """Train, checkpointing every epoch into ``workdir`` (owned by this run while it lasts), then
+    evaluate and write the report."""
+    with workdir_lock.run_in(workdir, resume):
+        return _train(config, Path(workdir), resume, log)
+
+
+def _train(config: CifarConfig, workdir: Path, resume: bool, log) -> dict:
     if config.model not in models.available(models.IMAGE):
         raise ValueError(f"CIFAR-10 training takes an image model, got {config.model!r}; choose one of "
                          + ", ".join(models.available(models.IMAGE)))
     parallel = DataParallel()
     parallel.check_batch_size(config.batch_size)
-    checkpoint.check_fresh(workdir, resume)
     data = cifar10.load(config.data_dir)
-    if not 0 < config.val_size <= len(data.train_labels) - config.batch_size:
+    images = len(data.train_labels)
+    if config.batch_size > images - 1:
+        raise ValueError(f"--batch-size {config.batch_size} exceeds the {images} training images less the held-out "
+                         f"ones; choose 1 to {max(1, images - config.val_size)}")
+    if config.val_size > images - config.batch_size:
         raise ValueError(f"--val-size {config.val_size} leaves no full training batch of {config.batch_size} "
-                         f"from {len(data.train_labels)} images (or holds out nothing); choose 1 to "
-                         f"{len(data.train_labels) - config.batch_size}")
+                         f"from {images} images; choose 1 to {images - config.batch_size}")
     train_idx, val_idx = _split(data, config)
     steps = len(train_idx) // config.batch_size
     state = _state(config, steps)

@@ -20,10 +20,11 @@ import numpy as np
 from tqdm import tqdm
 
 from lightnets_jax import models
+from lightnets_jax.checks import check_range
 from lightnets_jax.data import hyperspectral as hsi
 from lightnets_jax.reports import metrics, plots
 from lightnets_jax.tasks import scene_map
-from lightnets_jax.training import checkpoint, engine, records
+from lightnets_jax.training import checkpoint, engine, records, workdir_lock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +33,7 @@ class HSIConfig:
 
     model: str = "hybridsn"
     recipe: str = "default"
-    scene: str = "indian_pines"
+    scene: str = "indian_pines"  # a known scene, or the name of one's own (``scene_name``)
     cube: str | None = None
     gt: str | None = None
     data_dir: str | None = None
@@ -54,6 +55,20 @@ class HSIConfig:
     conv_impl: str = "fast"
     bf16: bool = False  # bfloat16 compute, float32 parameters
     predict_map: bool = True
+    class_names: tuple[str, ...] | None = None  # a scene of one's own: its classes' names (else numbered)
+
+    def __post_init__(self):
+        if self.class_names is not None:
+            object.__setattr__(self, "class_names", tuple(self.class_names))
+        check_range("epochs", self.epochs, 1, integer=True)
+        check_range("batch_size", self.batch_size, 1, integer=True)
+        check_range("pca_components", self.pca_components, 1, integer=True)
+        check_range("patch_size", self.patch_size, 1, odd=True)
+        check_range("test_ratio", self.test_ratio, 0, 1, low_open=True, high_open=True)
+        check_range("per_class", self.per_class, 1, integer=True)
+        check_range("seed", self.seed, 0, integer=True)
+        check_range("split_seed", self.split_seed, 0, integer=True)
+        check_range("label_smoothing", self.label_smoothing, 0, 1, high_open=True)
 
     @classmethod
     def from_json(cls, payload: dict) -> "HSIConfig":
@@ -71,7 +86,14 @@ def make_config(recipe: str = "default", **overrides) -> HSIConfig:
 
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    overrides["scene"] = scene_name(overrides.get("scene"), overrides.get("cube"))
     return configs.override(configs.load(RECIPES[recipe]), **overrides)
+
+
+def scene_name(scene: str | None, cube: str | None) -> str | None:
+    """What a run calls its scene: the one named, else a cube of one's own by its file's name
+    (never Indian Pines', whose class names it would borrow), else None (the config's)."""
+    return scene or (Path(cube).stem if cube else None)
 
 
 @dataclasses.dataclass
@@ -83,8 +105,13 @@ class Prepared:
     pca: object  # the fitted sklearn PCA, saved with the run to prepare other scenes alike
 
 
+def load_scene(config: HSIConfig) -> hsi.Scene:
+    return hsi.load_scene(config.scene, config.cube, config.gt, config.data_dir, config.cube_key, config.gt_key,
+                          config.class_names)
+
+
 def prepare(config: HSIConfig) -> Prepared:
-    scene = hsi.load_scene(config.scene, config.cube, config.gt, config.data_dir, config.cube_key, config.gt_key)
+    scene = load_scene(config)
     hsi.check_window(config.patch_size, *scene.labels.shape)
     if config.split == "stratified":
         split = hsi.stratified_split(scene.labels, config.test_ratio, config.split_seed)
@@ -132,8 +159,13 @@ def _steps_per_epoch(config: HSIConfig, n_train: int) -> int:
 
 
 def train(config: HSIConfig, workdir: Path, resume: bool = False, log=print) -> dict:
-    workdir = Path(workdir)
-    checkpoint.check_fresh(workdir, resume)
+    """Train, checkpointing every epoch into ``workdir`` (owned by this run while it lasts), then
+    evaluate and write the report."""
+    with workdir_lock.run_in(workdir, resume):
+        return _train(config, Path(workdir), resume, log)
+
+
+def _train(config: HSIConfig, workdir: Path, resume: bool, log) -> dict:
     t0 = time.time()
     prepared = prepare(config)
     split = prepared.split
@@ -240,6 +272,10 @@ def evaluate(workdir: Path, state=None, prepared: Prepared | None = None, config
     confusion = metrics.confusion_matrix(split.test_labels, test_pred, len(names))
     result = metrics.scores(confusion)
     log("OA %.2f  AA %.2f  Kappa %.2f" % (result["overall_accuracy"], result["average_accuracy"], result["kappa"]))
+    if result["absent_classes"]:
+        absent = ", ".join(names[i] for i in result["absent_classes"])
+        log(f"AA over the {len(names) - len(result['absent_classes'])} classes present in the test set "
+            f"(absent: {absent})")
     report = {**result, "class_names": names, "confusion_matrix": confusion.tolist(), "split": split.describe(),
               "config": dataclasses.asdict(config), "predict_seconds": predict_seconds,
               "device": jax.devices()[0].device_kind}

@@ -57,8 +57,9 @@ def predict(workdir: Path, cube: str | None = None, gt: str | None = None, cube_
     if nodata is not None:
         class_map[nodata] = 0
     height, width = class_map.shape
+    tile_shape = None if mapped.tile is None else list(mapped.tile)
     record = {"scene": name, "shape": [height, width, int(pca.n_features_in_)], "method": method,
-              "model": config.model, "checkpoint_epoch": epoch, "tile": mapped.tile,
+              "model": config.model, "checkpoint_epoch": epoch, "tile": tile_shape,
               "map_seconds": mapped.seconds, "pixels_per_s": height * width / mapped.seconds,
               "unclassified_pixels": int(0 if nodata is None else nodata.sum()),
               "wall_seconds": time.perf_counter() - tic,
@@ -73,7 +74,7 @@ def _scene(config, workdir: Path, cube, gt, cube_key, gt_key):
     """(cube, ground truth or None, class names, fitted PCA) of the scene to map."""
     saved = workdir / hyperspectral.PREPROCESSING
     if cube is None:  # the run's own scene
-        scene = hsi.load_scene(config.scene, config.cube, config.gt, config.data_dir, config.cube_key, config.gt_key)
+        scene = hyperspectral.load_scene(config)
         if saved.is_file():
             pca, _ = hsi.load_pca(saved)
         else:  # a run from before the transform was saved: refit as its training did
@@ -84,7 +85,7 @@ def _scene(config, workdir: Path, cube, gt, cube_key, gt_key):
                                 f"cannot be prepared as its training scene was; re-evaluate it (lightnets evaluate "
                                 f"--workdir {workdir}) or retrain")
     pca, _ = hsi.load_pca(saved)
-    own = hsi.load_scene(config.scene, config.cube, config.gt, config.data_dir, config.cube_key, config.gt_key)
+    own = hyperspectral.load_scene(config)
     new_cube = hsi.read_array(cube, cube_key, ndim=3)
     if new_cube.shape[-1] != pca.n_features_in_:
         raise hsi.DataError(f"{cube} has {new_cube.shape[-1]} bands but the run was trained on {pca.n_features_in_}; "

@@ -70,13 +70,43 @@ def latest_epoch(workdir: Path, folder: str = LATEST) -> int | None:
     return saved[-1] if saved else None
 
 
-def restore(workdir: Path, target: Any, epoch: int | None = None, folder: str = LATEST) -> tuple[Any, int]:
-    """The state saved at ``epoch`` (default: the latest) in the structure of ``target``."""
-    epoch = latest_epoch(workdir, folder) if epoch is None else epoch
-    if epoch is None:
+class CorruptCheckpoints(ValueError):
+    """No checkpoint of a folder restores."""
+
+
+def restore(workdir: Path, target: Any, epoch: int | None = None, folder: str = LATEST,
+            log: Callable = print) -> tuple[Any, int]:
+    """The state saved at ``epoch`` in the structure of ``target``; by default the newest epoch
+    that restores whole, walking back past damaged ones and saying which it skipped and why."""
+    workdir = Path(workdir)
+    candidates = [epoch] if epoch is not None else epochs(workdir, folder)[::-1]
+    if not candidates:
         raise FileNotFoundError(f"no checkpoint in {workdir / folder}; train first (lightnets train ... --workdir {workdir})")
-    with ocp.StandardCheckpointer() as reader:
-        return reader.restore((workdir / folder / str(epoch) / "default").absolute(), target), epoch
+    skipped = []
+    for candidate in candidates:
+        try:
+            with ocp.StandardCheckpointer() as reader:
+                state = reader.restore((workdir / folder / str(candidate) / "default").absolute(), target)
+        except Exception as err:  # noqa: BLE001 - orbax and TensorStore raise many kinds for damaged files
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            skipped.append(candidate)
+            log(f"skipped checkpoint {workdir / folder / str(candidate)}: it does not restore ({reason})")
+            continue
+        return state, candidate
+    raise CorruptCheckpoints(f"no checkpoint in {workdir / folder} restores (epochs {', '.join(map(str, skipped))} "
+                             f"are damaged); delete that folder and train again with the same --workdir")
+
+
+def set_aside(workdir: Path, newer_than: int, folder: str = LATEST) -> list[int]:
+    """Move the checkpoints after epoch ``newer_than`` (damaged ones a resume skipped) to
+    ``workdir/damaged/``, so the resumed run can save those epochs again; returns their epochs."""
+    moved = [e for e in epochs(workdir, folder) if e > newer_than]
+    for epoch in moved:
+        target = workdir / "damaged" / folder / str(epoch)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        (workdir / folder / str(epoch)).rename(target)
+    return moved
 
 
 def config_from_json(config_cls: type, payload: dict):
@@ -103,7 +133,9 @@ def start_or_resume(workdir: Path, config: Any, state: Any, resume: bool, log: C
         if saved != config:
             raise ValueError(f"--resume with a different configuration than {workdir / 'config.json'}; "
                              "drop --resume or use the same options")
-        state, start_epoch = restore(workdir, state)
+        state, start_epoch = restore(workdir, state, log=log)
+        if set_aside(workdir, start_epoch):
+            log(f"damaged checkpoints moved to {workdir / 'damaged'}")
         log(f"resumed from epoch {start_epoch}")
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(workdir / "config.json", dataclasses.asdict(config))

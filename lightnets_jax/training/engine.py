@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
+from lightnets_jax.checks import check_range
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step", "onecycle")
 
@@ -42,8 +44,8 @@ class OptimizerConfig:
             raise ValueError(f"unknown optimizer {self.name!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning rate must be positive, got {self.learning_rate}")
+        check_range("learning rate", self.learning_rate, 0, low_open=True)
+        check_range("weight decay", self.weight_decay, 0)
 
 
 def learning_rate_schedule(config: OptimizerConfig, epochs: int, steps_per_epoch: int) -> optax.Schedule:
