@@ -42,7 +42,7 @@ def test_a_second_run_into_a_busy_workdir_is_refused_naming_the_first(tmp_path):
     cube, gt = _tiny_scene(tmp_path)
     workdir = tmp_path / "W"
     common = ["train", "hybridsn", "--cube", str(cube), "--gt", str(gt), "--pca-components", "16", "--patch-size", "9",
-              "--test-ratio", "0.5", "--batch-size", "8", "--epochs", "2", "--no-map", "--workdir", str(workdir)]
+              "--test-ratio", "0.5", "--batch-size", "8", "--epochs", "3", "--no-map", "--workdir", str(workdir)]
     first = _lightnets(*common)
     deadline = time.time() + 120
     while not (workdir / "config.json").exists() and time.time() < deadline:
@@ -54,7 +54,7 @@ def test_a_second_run_into_a_busy_workdir_is_refused_naming_the_first(tmp_path):
     assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
     assert json.loads((workdir / "config.json").read_text())["seed"] == 0
     assert json.loads((workdir / "report.json").read_text())["config"]["seed"] == 0
-    assert [json.loads(line)["epoch"] for line in (workdir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert [json.loads(line)["epoch"] for line in (workdir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
 def test_a_killed_runs_lock_never_blocks_a_resume(tmp_path):

@@ -77,9 +77,10 @@ def test_cli_errors_are_one_line(scene_files, tmp_path, capsys):
     cube, gt = scene_files
     assert cli.main(["train", "resnet", "--workdir", str(tmp_path / "w")]) == 2
     assert "unknown model 'resnet'; available models:" in capsys.readouterr().err
-    assert cli.main(["train", "hybridsn", "--cube", str(cube), "--gt", str(gt), "--patch-size", "8",
-                     "--workdir", str(tmp_path / "w")]) == 2
-    assert "must be odd" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as parse_error:  # refused by the parser, before anything runs
+        cli.main(["train", "hybridsn", "--cube", str(cube), "--gt", str(gt), "--patch-size", "8",
+                  "--workdir", str(tmp_path / "w")])
+    assert parse_error.value.code == 2 and "must be an odd integer >= 1, got 8" in capsys.readouterr().err
     assert cli.main(["train", "hybridsn", "--cube", str(cube), "--gt", str(gt), "--pca-components", "40",
                      "--workdir", str(tmp_path / "w")]) == 2
     assert "PCA components must be between 1 and the cube's 20 bands, got 40" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The ``lightnets`` command: train, evaluate, predict, summary, bench."""
+"""The ``lightnets`` command: train, evaluate, predict, report, summary, bench."""
 
 from __future__ import annotations
 
@@ -40,11 +40,37 @@ def _train(args) -> int:
         init_scheme=args.init, optimizer=_optimizer(base.optimizer, args), predict_map=False if args.no_map else None,
         bf16=args.bf16 or None,
     )
+    if args.repeats or args.seeds:
+        return _train_repeats(args, config)
     workdir = Path(args.workdir or f"runs/{args.model}_{config.scene}_seed{config.seed}")
     report = hyperspectral.train(config, workdir, resume=args.resume)
     print(f"results in {workdir}: report.json, classification_report.txt, classification_map.png")
     print("OA %.2f  AA %.2f  Kappa %.2f  (train %.0f s)" % (report["overall_accuracy"], report["average_accuracy"],
                                                           report["kappa"], report["train_wall_seconds"]))
+    return 0
+
+
+def _train_repeats(args, config) -> int:
+    from lightnets_jax.tasks import repeats
+
+    seeds = repeats.parse_seeds(args.seeds) if args.seeds else list(range(args.repeats))
+    workdir = Path(args.workdir or f"runs/{args.model}_{config.scene}_{config.recipe}_seeds{seeds[0]}-{seeds[-1]}")
+    summary = repeats.train(config, workdir, seeds, fixed_split=args.fixed_split, resume=args.resume)
+    scores = summary["scores"]
+    print(f"results in {workdir}: summary.md, summary.json, seed_*/")
+    print("over %d seeds: OA %.2f ± %.2f  AA %.2f ± %.2f  Kappa %.2f ± %.2f" % (
+        summary["runs"], *(v for key in ("overall_accuracy", "average_accuracy", "kappa")
+                           for v in (scores[key]["mean"], scores[key]["std"]))))
+    return 0
+
+
+def _report(args) -> int:
+    from lightnets_jax.reports import repeats as tables
+
+    text = tables.side_by_side([Path(f) for f in args.folders], "csv" if args.csv else "markdown")
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text, end="")
     return 0
 
 
@@ -178,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=argument(low=0), help="initialization, dropout and shuffling seed")
     train.add_argument("--data-dir", help="CIFAR-10: folder with cifar-10-batches-py/ (or $LIGHTNETS_CIFAR10_DIR); "
                        "hyperspectral: folder with the scene's usual .mat files")
+    repeat = train.add_argument_group("repeated runs (HybridSN): W/seed_K/ each, then W/summary.md")
+    repeat.add_argument("--repeats", type=POSITIVE_INT, help="seeds 0 to N-1")
+    repeat.add_argument("--seeds", help="seeds as ranges and lists, e.g. 0-9 or 0,3,7")
+    repeat.add_argument("--fixed-split", action="store_true", help="one split for every seed (default: the seed moves it)")
     multi = train.add_argument_group("multi-host (jax.distributed)")
     multi.add_argument("--coordinator", help="host:port of process 0")
     multi.add_argument("--num-processes", type=POSITIVE_INT)
@@ -221,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="leave pixels whose spectrum is all zero or not finite unclassified (0) instead of failing")
     predict.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     predict.set_defaults(func=_predict)
+
+    report = sub.add_parser("report", help="runs or repeat folders side by side as one table")
+    report.add_argument("folders", nargs="+", metavar="WORKDIR")
+    report.add_argument("--csv", action="store_true", help="CSV instead of Markdown")
+    report.add_argument("--out", help="also write the table to this file")
+    report.set_defaults(func=_report)
 
     summary = sub.add_parser("summary", help="layer table: output shapes, parameters, multiply-adds")
     summary.add_argument("model")

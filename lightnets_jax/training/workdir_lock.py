@@ -54,7 +54,6 @@ def run_in(workdir: Path, resume: bool) -> Iterator[None]:
     workdir = Path(workdir)
     if resume and not (workdir / "config.json").is_file():
         raise FileNotFoundError(f"nothing to resume in {workdir}: no run was started there; drop --resume to start one")
-    checkpoint.check_fresh(workdir, resume)
-    with owned(workdir):
-        checkpoint.check_fresh(workdir, resume)  # again: another run may have saved while we waited
+    with owned(workdir):  # first: a run still going is "in use", not "already holds a run"
+        checkpoint.check_fresh(workdir, resume)
         yield

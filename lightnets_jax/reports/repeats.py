@@ -1,0 +1,90 @@
+"""Tables over repeated runs, the way hyperspectral papers report them: mean ± std (and min/max)
+of OA, AA, Kappa and each class's accuracy over seeds, and several such folders side by side."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+SCORES = (("OA", "overall_accuracy"), ("AA", "average_accuracy"), ("Kappa", "kappa"))
+TIMES = (("train s", "train_wall_seconds"), ("predict s", "predict_seconds"))
+
+
+def _stats(values) -> dict:
+    """mean, sample std (ddof 1; 0 for one run), min, max of the values that are not None."""
+    present = np.asarray([v for v in values if v is not None], np.float64)
+    if present.size == 0:
+        return {"mean": None, "std": None, "min": None, "max": None, "runs": 0}
+    return {"mean": float(present.mean()), "std": float(present.std(ddof=1)) if present.size > 1 else 0.0,
+            "min": float(present.min()), "max": float(present.max()), "runs": int(present.size)}
+
+
+def summarize(reports: list[dict], seeds: list[int] | None = None) -> dict:
+    """The summary of per-seed ``report.json`` payloads (one scene, one model)."""
+    if not reports:
+        raise ValueError("no finished run to summarize")
+    names = reports[0]["class_names"]
+    config = reports[0]["config"]
+    return {
+        "model": config["model"], "recipe": config["recipe"], "scene": config["scene"],
+        "split": reports[0]["split"], "epochs": config["epochs"], "seeds": seeds, "runs": len(reports),
+        "scores": {key: _stats([r.get(key) for r in reports]) for _, key in SCORES + TIMES},
+        "per_class": {name: _stats([r["per_class_accuracy"][i] for r in reports]) for i, name in enumerate(names)},
+    }
+
+
+def _cell(stats: dict, spread: bool = True) -> str:
+    if stats["mean"] is None:
+        return "absent"
+    return f"{stats['mean']:.2f} ± {stats['std']:.2f}" if spread and stats["runs"] > 1 else f"{stats['mean']:.2f}"
+
+
+def to_markdown(summary: dict) -> str:
+    """The paper's layout: a row per score and per class, mean ± std, min and max."""
+    split = summary["split"]
+    split_text = split.get("method", "") if isinstance(split, dict) else str(split)
+    lines = [f"# {summary['model']} on {summary['scene']} ({summary['recipe']} recipe, {summary['epochs']} epochs)", "",
+             f"{summary['runs']} runs, seeds {summary['seeds']}; split: {split_text}. Mean ± sample std (ddof 1).", "",
+             "| | mean ± std | min | max |", "|---|---|---|---|"]
+    rows = [(label, summary["scores"][key]) for label, key in SCORES + TIMES] + list(summary["per_class"].items())
+    for label, stats in rows:
+        low = "" if stats["min"] is None else f"{stats['min']:.2f}"
+        high = "" if stats["max"] is None else f"{stats['max']:.2f}"
+        lines.append(f"| {label} | {_cell(stats)} | {low} | {high} |")
+    return "\n".join(lines) + "\n"
+
+
+def load(folder: Path) -> dict:
+    """A repeat folder's ``summary.json``, or a single run's ``report.json`` as a one-run summary."""
+    folder = Path(folder)
+    if (folder / "summary.json").is_file():
+        return json.loads((folder / "summary.json").read_text())
+    if (folder / "report.json").is_file():
+        report = json.loads((folder / "report.json").read_text())
+        if "class_names" not in report:
+            raise ValueError(f"{folder} is not a hyperspectral run (its report has no classes)")
+        return summarize([report], [report["config"]["seed"]])
+    raise FileNotFoundError(f"{folder} holds neither summary.json (lightnets train --repeats) nor report.json")
+
+
+def side_by_side(folders: list[Path], fmt: str = "markdown") -> str:
+    """Several runs or repeat folders as one table: a column each, scores and classes as rows."""
+    summaries = [load(f) for f in folders]
+    headers = [f"{s['model']} {s['recipe']} ({Path(f).name}, n={s['runs']})" for s, f in zip(summaries, folders)]
+    rows = [[label] + [_cell(s["scores"][key]) for s in summaries] for label, key in SCORES + TIMES]
+    classes = list(summaries[0]["per_class"])
+    rows += [[name] + [_cell(s["per_class"][name]) if name in s["per_class"] else "" for s in summaries]
+             for name in classes]
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow([""] + headers)
+        writer.writerows(rows)
+        return out.getvalue()
+    lines = ["| | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

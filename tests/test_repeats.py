@@ -1,0 +1,96 @@
+"""Repeated runs and their tables: summaries equal NumPy's statistics, killed repeats resume."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from lightnets_jax import cli
+from lightnets_jax.data import hyperspectral as hsi
+from lightnets_jax.reports import repeats as tables
+from lightnets_jax.tasks import hyperspectral, repeats
+from lightnets_jax.training.engine import OptimizerConfig
+
+
+def _report(seed, oa, aa, kappa, per_class):
+    return {"overall_accuracy": oa, "average_accuracy": aa, "kappa": kappa, "per_class_accuracy": per_class,
+            "train_wall_seconds": 10.0 + seed, "predict_seconds": 1.0, "class_names": ["a", "b", "c"],
+            "split": {"method": "stratified"}, "config": {"model": "hybridsn", "recipe": "default",
+                                                          "scene": "toy", "epochs": 3, "seed": seed}}
+
+
+def test_summary_is_numpys_mean_and_sample_std_with_absent_classes_left_out():
+    reports = [_report(0, 98.1, 97.0, 97.9, [100.0, 90.0, None]), _report(1, 98.7, 96.5, 98.4, [95.0, 92.0, 80.0]),
+               _report(2, 97.9, 97.7, 97.6, [97.5, 91.0, 70.0])]
+    summary = tables.summarize(reports, [0, 1, 2])
+    oa = np.array([98.1, 98.7, 97.9])
+    assert summary["scores"]["overall_accuracy"]["mean"] == pytest.approx(np.mean(oa))
+    assert summary["scores"]["overall_accuracy"]["std"] == pytest.approx(np.std(oa, ddof=1))
+    assert (summary["scores"]["kappa"]["min"], summary["scores"]["kappa"]["max"]) == (97.6, 98.4)
+    assert summary["per_class"]["c"]["mean"] == pytest.approx(75.0) and summary["per_class"]["c"]["runs"] == 2
+    assert summary["per_class"]["b"]["std"] == pytest.approx(np.std([90.0, 92.0, 91.0], ddof=1))
+    text = tables.to_markdown(summary)
+    assert f"| OA | {np.mean(oa):.2f} ± {np.std(oa, ddof=1):.2f} | 97.90 | 98.70 |" in text
+
+
+def test_report_puts_folders_side_by_side(tmp_path, capsys):
+    (tmp_path / "many").mkdir()
+    summary = tables.summarize([_report(0, 98.0, 97.0, 97.0, [1.0, 2.0, 3.0]),
+                                _report(1, 99.0, 98.0, 98.0, [3.0, 4.0, 5.0])], [0, 1])
+    (tmp_path / "many" / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "report.json").write_text(json.dumps(_report(4, 97.0, 96.0, 96.5, [1.0, None, 3.0])))
+    assert cli.main(["report", str(tmp_path / "many"), str(tmp_path / "one")]) == 0
+    table = capsys.readouterr().out
+    assert "| OA | 98.50 ± 0.71 | 97.00 |" in table and "| b | 3.00 ± 1.41 | absent |" in table
+    assert cli.main(["report", str(tmp_path / "one"), "--csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "OA,97.00"
+    assert cli.main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_seeds_are_parsed_and_move_the_split_unless_fixed():
+    assert repeats.parse_seeds("0-2,5") == [0, 1, 2, 5]
+    with pytest.raises(ValueError, match="such as 0-9 or 0,3,7, got 'a-b'"):
+        repeats.parse_seeds("a-b")
+    config = hyperspectral.make_config()
+    assert repeats.seed_config(config, 3, False).split_seed == config.split_seed + 3
+    assert repeats.seed_config(config, 3, True).split_seed == config.split_seed
+    assert repeats.seed_config(config, 0, False) == config
+
+
+def test_a_per_class_split_asking_more_than_a_class_has_is_refused():
+    labels = np.zeros((6, 6), np.int32)
+    labels[:2] = 1
+    labels[2:3, :4] = 2
+    with pytest.raises(hsi.DataError, match="class 2 has 4 pixels, not more than --per-class 5; lower it"):
+        hsi.per_class_split(labels, 5)
+
+
+@pytest.mark.slow
+def test_a_killed_repeat_run_resumes_skipping_finished_seeds_and_seeds_repeat_exactly(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.zeros((16, 16), np.int32)
+    labels[2:14, 2:14] = np.repeat(np.arange(3) + 1, 48).reshape(12, 12)
+    cube = rng.standard_normal((16, 16, 20)).astype(np.float32) + labels[..., None] * np.linspace(-3, 3, 20)
+    np.save(tmp_path / "cube.npy", cube)
+    np.save(tmp_path / "gt.npy", labels)
+    config = hyperspectral.make_config(cube=str(tmp_path / "cube.npy"), gt=str(tmp_path / "gt.npy"), pca_components=16,
+                                       patch_size=9, test_ratio=0.5, epochs=1, batch_size=8, predict_map=False,
+                                       optimizer=OptimizerConfig("adam", 1e-3, "constant"))
+    said = []
+    repeats.train(config, tmp_path / "W", [0, 1], log=said.append)
+    first = json.loads((tmp_path / "W" / "seed_1" / "report.json").read_text())
+    # As if killed during seed 1: its report and checkpoints gone, seed 0 finished.
+    (tmp_path / "W" / "seed_1" / "report.json").unlink()
+    shutil.rmtree(tmp_path / "W" / "seed_1" / "checkpoints")
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        repeats.train(config, tmp_path / "W", [0, 1])
+    said.clear()
+    summary = repeats.train(config, tmp_path / "W", [0, 1], resume=True, log=said.append)
+    assert "seed 0: finished, skipped" in said and "seed 1: training in" in " ".join(said)
+    again = json.loads((tmp_path / "W" / "seed_1" / "report.json").read_text())
+    for key in ("overall_accuracy", "average_accuracy", "kappa", "per_class_accuracy", "confusion_matrix", "split"):
+        assert again[key] == first[key], key  # one seed, the same run
+    assert summary["runs"] == 2 and (tmp_path / "W" / "summary.md").read_text().startswith("# hybridsn on cube")
+    assert first["config"]["split_seed"] == 346  # the seed moved the split (seed 0 keeps the note's 345)
