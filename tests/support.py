@@ -30,3 +30,17 @@ def random_arrays(*shapes, seed: int = 0) -> list[jax.Array]:
     """Standard-normal float32 arrays of the given shapes, drawn in order from one seeded generator."""
     rng = np.random.default_rng(seed)
     return [jnp.asarray(rng.standard_normal(shape, np.float32)) for shape in shapes]
+
+
+def write_tiny_scene(folder, height: int = 16, width: int = 16, bands: int = 20, name: str = "cube"):
+    """A learnable 3-class scene (12 x 12 labelled pixels, spectra offset by class) saved as
+    ``name.npy`` and ``gt.npy`` in ``folder``; returns the two paths."""
+    from pathlib import Path
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((height, width), np.int32)
+    labels[2:14, 2:14] = np.repeat(np.arange(3) + 1, 48).reshape(12, 12)
+    cube = rng.standard_normal((height, width, bands)).astype(np.float32) + labels[..., None] * np.linspace(-3, 3, bands)
+    np.save(Path(folder) / f"{name}.npy", cube)
+    np.save(Path(folder) / "gt.npy", labels)
+    return Path(folder) / f"{name}.npy", Path(folder) / "gt.npy"

@@ -16,18 +16,9 @@ from lightnets_jax import cli, models
 from lightnets_jax.reports import metrics
 from lightnets_jax.tasks import hyperspectral
 from lightnets_jax.training import checkpoint, workdir_lock
+from tests.support import write_tiny_scene
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _tiny_scene(folder: Path) -> tuple[Path, Path]:
-    rng = np.random.default_rng(0)
-    labels = np.zeros((16, 16), np.int32)
-    labels[2:14, 2:14] = np.repeat(np.arange(3) + 1, 48).reshape(12, 12)
-    cube = rng.standard_normal((16, 16, 20)).astype(np.float32) + labels[..., None] * np.linspace(-3, 3, 20)
-    np.save(folder / "c.npy", cube)
-    np.save(folder / "g.npy", labels)
-    return folder / "c.npy", folder / "g.npy"
 
 
 def _lightnets(*args: str) -> subprocess.Popen:
@@ -39,7 +30,7 @@ def _lightnets(*args: str) -> subprocess.Popen:
 @pytest.mark.slow
 def test_a_second_run_into_a_busy_workdir_is_refused_naming_the_first(tmp_path):
     # The repro: the second run starts while the first is in its first epoch.
-    cube, gt = _tiny_scene(tmp_path)
+    cube, gt = write_tiny_scene(tmp_path)
     workdir = tmp_path / "W"
     common = ["train", "hybridsn", "--cube", str(cube), "--gt", str(gt), "--pca-components", "16", "--patch-size", "9",
               "--test-ratio", "0.5", "--batch-size", "8", "--epochs", "3", "--no-map", "--workdir", str(workdir)]
@@ -158,7 +149,7 @@ def test_misleading_messages_now_say_what_is_wrong(args, message, tmp_path, caps
 
 
 def test_a_custom_scene_is_named_after_its_file_with_numbered_classes(tmp_path):
-    cube, gt = _tiny_scene(tmp_path)
+    cube, gt = write_tiny_scene(tmp_path, name="c")
     config = hyperspectral.make_config(cube=str(cube), gt=str(gt))
     assert config.scene == "c"
     scene = hyperspectral.load_scene(config)

@@ -10,19 +10,14 @@ import pytest
 
 from lightnets_jax import cli
 from lightnets_jax.tasks import hyperspectral
+from tests.support import write_tiny_scene
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture()
 def scene_files(tmp_path):
-    rng = np.random.default_rng(0)
-    labels = np.zeros((16, 16), np.int32)
-    labels[2:14, 2:14] = np.repeat(np.arange(3) + 1, 48).reshape(12, 12)
-    cube = rng.standard_normal((16, 16, 20)).astype(np.float32) + labels[..., None] * np.linspace(-3, 3, 20)
-    np.save(tmp_path / "cube.npy", cube)
-    np.save(tmp_path / "gt.npy", labels)
-    return tmp_path / "cube.npy", tmp_path / "gt.npy"
+    return write_tiny_scene(tmp_path)
 
 
 def _config(scene_files, epochs=2):

@@ -10,6 +10,7 @@ import pytest
 from lightnets_jax import cli
 from lightnets_jax.tasks import hyperspectral, predict
 from lightnets_jax.training.engine import OptimizerConfig
+from tests.support import write_tiny_scene
 
 pytestmark = pytest.mark.slow
 
@@ -18,12 +19,7 @@ pytestmark = pytest.mark.slow
 def run(tmp_path_factory):
     """One epoch of HybridSN on a 17 x 15 synthetic scene of 20 bands (PCA fitted on training pixels)."""
     folder = tmp_path_factory.mktemp("predict")
-    rng = np.random.default_rng(0)
-    labels = np.zeros((17, 15), np.int32)
-    labels[2:14, 2:14] = np.repeat(np.arange(3) + 1, 48).reshape(12, 12)
-    cube = rng.standard_normal((17, 15, 20)).astype(np.float32) + labels[..., None] * np.linspace(-3, 3, 20)
-    np.save(folder / "cube.npy", cube)
-    np.save(folder / "gt.npy", labels)
+    write_tiny_scene(folder, height=17, width=15)
     config = hyperspectral.make_config("default", cube=str(folder / "cube.npy"), gt=str(folder / "gt.npy"),
                                        pca_components=16, patch_size=9, test_ratio=0.5, epochs=1, batch_size=8,
                                        pca_fit="train", optimizer=OptimizerConfig("adam", 1e-3, "constant"))

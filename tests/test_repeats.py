@@ -11,6 +11,7 @@ from lightnets_jax.data import hyperspectral as hsi
 from lightnets_jax.reports import repeats as tables
 from lightnets_jax.tasks import hyperspectral, repeats
 from lightnets_jax.training.engine import OptimizerConfig
+from tests.support import write_tiny_scene
 
 
 def _report(seed, oa, aa, kappa, per_class):
@@ -69,12 +70,7 @@ def test_a_per_class_split_asking_more_than_a_class_has_is_refused():
 
 @pytest.mark.slow
 def test_a_killed_repeat_run_resumes_skipping_finished_seeds_and_seeds_repeat_exactly(tmp_path):
-    rng = np.random.default_rng(0)
-    labels = np.zeros((16, 16), np.int32)
-    labels[2:14, 2:14] = np.repeat(np.arange(3) + 1, 48).reshape(12, 12)
-    cube = rng.standard_normal((16, 16, 20)).astype(np.float32) + labels[..., None] * np.linspace(-3, 3, 20)
-    np.save(tmp_path / "cube.npy", cube)
-    np.save(tmp_path / "gt.npy", labels)
+    write_tiny_scene(tmp_path)
     config = hyperspectral.make_config(cube=str(tmp_path / "cube.npy"), gt=str(tmp_path / "gt.npy"), pca_components=16,
                                        patch_size=9, test_ratio=0.5, epochs=1, batch_size=8, predict_map=False,
                                        optimizer=OptimizerConfig("adam", 1e-3, "constant"))
