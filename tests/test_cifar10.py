@@ -144,3 +144,33 @@ def test_validation_split_that_leaves_no_training_batch_is_refused(tmp_path):
     big = classification.CifarConfig(data_dir=str(tmp_path / "data"), batch_size=100000, val_size=2)
     with pytest.raises(ValueError, match="--batch-size 100000 exceeds the 30 training images .* choose 1 to 28"):
         classification.train(big, tmp_path / "run", log=lambda *_: None)
+
+
+def test_tensorflow_datasets_path_reads_cifar10(monkeypatch):
+    # No files anywhere: load() falls back to tfds.data_source("cifar10"), here mocked by tfds's
+    # own testing helper (no TensorFlow needed, no download).
+    tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.delenv(cifar10.ENV_VAR, raising=False)
+    with tfds.testing.mock_data(num_examples=7, policy=tfds.testing.MockPolicy.USE_CODE):
+        data = cifar10.load()
+    assert data.source == "tensorflow-datasets cifar10"
+    assert data.train_images.shape == (7, 32, 32, 3) and data.train_images.dtype == np.uint8
+    assert data.test_images.shape == (7, 32, 32, 3) and data.train_labels.dtype == np.int32
+    assert 0 <= data.train_labels.min() and data.test_labels.max() <= 9
+    assert cifar10.normalize(data.train_images[:2]).shape == (2, 32, 32, 3)
+
+
+def test_without_files_or_tfds_the_error_says_both_ways(monkeypatch, tmp_path):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tfds(name, *args, **kwargs):
+        if name.startswith("tensorflow_datasets"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delenv(cifar10.ENV_VAR, raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_tfds)
+    with pytest.raises(cifar10.DataError, match=r"tensorflow-datasets \(not installed.*Pass --data-dir DIR"):
+        cifar10.load(tmp_path)
