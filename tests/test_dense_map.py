@@ -90,3 +90,30 @@ def test_indian_pines_dense_map_equals_the_patch_network():
     np.testing.assert_array_equal(dense.labels[coords[:, 0], coords[:, 1]], np.argmax(logits, -1))
     np.testing.assert_allclose(dense.probabilities[coords[:, 0], coords[:, 1]].astype(np.float32),
                                jax.nn.softmax(logits, -1), atol=2e-3)
+
+
+@pytest.mark.slow
+def test_tiles_spread_over_several_devices_give_the_same_map():
+    # Four CPU devices: each batch of 4 tiles is sharded one per device (the GEMM kernels there).
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    script = textwrap.dedent("""
+        import jax, numpy as np
+        from tests.test_dense_map import _model_and_variables, _padded_scene
+        from lightnets_jax.tasks import scene_map
+        assert jax.local_device_count() == 4
+        model, variables = _model_and_variables("hybridsn_bn")
+        padded = _padded_scene(17, 11, 16, 11, seed=2)
+        dense = scene_map.predict_scene(model, variables, padded, "dense", tile=4)  # 15 tiles: a partial last batch
+        patch = scene_map.predict_scene(model, variables, padded, "patch", batch_size=32)
+        print("EQUAL", model.conv_impl, bool(np.array_equal(dense.labels, patch.labels)))
+    """)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=Path(__file__).resolve().parents[1],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "EQUAL gemm True" in result.stdout
