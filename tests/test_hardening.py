@@ -139,7 +139,8 @@ def test_the_library_refuses_what_the_command_line_refuses():
     (["summary", "mobilenet_v1", "--options", '{"width_multiplier": -1}'], "width_multiplier must be a number > 0"),
     (["summary", "mobilenet_v1", "--options", "[1,2]"], "--options must be a JSON object"),
     (["train", "hybridsn", "--resume", "--workdir", "{tmp}/missing"], "nothing to resume in"),
-    (["train", "hybridsn", "--cube", "{tmp}", "--gt", "{tmp}/g.npy", "--workdir", "{tmp}/w"], "it is a folder; pass the file"),
+    (["train", "hybridsn", "--cube", "{tmp}", "--gt", "{tmp}/g.npy", "--workdir", "{tmp}/w/deeper"],
+     "it is a folder; pass the file"),
 ])
 def test_misleading_messages_now_say_what_is_wrong(args, message, tmp_path, capsys):
     assert cli.main([a.replace("{tmp}", str(tmp_path)) for a in args]) == 2

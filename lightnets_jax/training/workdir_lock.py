@@ -22,8 +22,8 @@ class WorkdirBusy(FileExistsError):
 def owned(workdir: Path) -> Iterator[None]:
     """Hold ``workdir`` (created if missing) for the ``with`` block, or raise WorkdirBusy. A folder
     this call created and the block left empty is removed again (bad input leaves nothing)."""
-    workdir = Path(workdir)
-    created = not workdir.exists()
+    workdir = Path(workdir).absolute()
+    created = [p for p in (workdir, *workdir.parents) if not p.exists()]  # innermost first
     workdir.mkdir(parents=True, exist_ok=True)
     fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -40,7 +40,10 @@ def owned(workdir: Path) -> Iterator[None]:
     finally:
         if created and os.listdir(workdir) == [LOCK_FILE]:
             (workdir / LOCK_FILE).unlink()
-            workdir.rmdir()
+            for folder in created:  # the workdir, then the parents this call made, while empty
+                if any(folder.iterdir()):
+                    break
+                folder.rmdir()
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
