@@ -31,7 +31,8 @@ def summarize(reports: list[dict], seeds: list[int] | None = None) -> dict:
     config = reports[0]["config"]
     return {
         "model": config["model"], "recipe": config["recipe"], "scene": config["scene"],
-        "split": reports[0]["split"], "epochs": config["epochs"], "seeds": seeds, "runs": len(reports),
+        "splits": sorted({r["split"]["method"] for r in reports}), "epochs": config["epochs"], "seeds": seeds,
+        "runs": len(reports),
         "scores": {key: _stats([r.get(key) for r in reports]) for _, key in SCORES + TIMES},
         "per_class": {name: _stats([r["per_class_accuracy"][i] for r in reports]) for i, name in enumerate(names)},
     }
@@ -45,8 +46,8 @@ def _cell(stats: dict, spread: bool = True) -> str:
 
 def to_markdown(summary: dict) -> str:
     """The paper's layout: a row per score and per class, mean ± std, min and max."""
-    split = summary["split"]
-    split_text = split.get("method", "") if isinstance(split, dict) else str(split)
+    splits = summary["splits"]
+    split_text = splits[0] if len(splits) == 1 else f"{len(splits)} different ones ({splits[0]}, ...)"
     lines = [f"# {summary['model']} on {summary['scene']} ({summary['recipe']} recipe, {summary['epochs']} epochs)", "",
              f"{summary['runs']} runs, seeds {summary['seeds']}; split: {split_text}. Mean ± sample std (ddof 1).", "",
              "| | mean ± std | min | max |", "|---|---|---|---|"]
