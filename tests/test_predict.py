@@ -104,3 +104,17 @@ def test_an_old_run_without_its_pca_maps_its_own_scene_but_not_another(run, tmp_
     assert cli.main(["predict", "--workdir", str(old), "--out", str(tmp_path / "own")]) == 0
     assert cli.main(["predict", "--workdir", str(old), "--cube", str(run / "cube.npy"), "--out", str(tmp_path / "x")]) == 2
     assert "re-evaluate it (lightnets evaluate" in capsys.readouterr().err
+
+
+def test_a_trained_run_exports_to_stablehlo_that_maps_alike(run, tmp_path):
+    from lightnets_jax import export
+    from lightnets_jax.data import hyperspectral as hsi
+
+    assert cli.main(["export", "--workdir", str(run / "run"), "--out", str(tmp_path / "run.stablehlo")]) == 0
+    forward = export.from_stablehlo((tmp_path / "run.stablehlo").read_bytes())
+    class_map = np.load(run / "run" / "classification_map.npy")  # the run's own dense map, classes 0..K-1
+    config = hyperspectral.HSIConfig.from_json(json.loads((run / "run" / "config.json").read_text()))
+    padded = hyperspectral.prepare(config).padded
+    coords = hsi.scene_pixels(*class_map.shape)
+    logits = np.asarray(forward(hsi.gather_patches(padded, coords[:, 0], coords[:, 1], 9)))
+    np.testing.assert_array_equal(np.argmax(logits, -1).reshape(class_map.shape), class_map)

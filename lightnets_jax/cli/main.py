@@ -1,4 +1,4 @@
-"""The ``lightnets`` command: train, evaluate, predict, report, summary, bench."""
+"""The ``lightnets`` command: train, evaluate, predict, report, export, summary, bench."""
 
 from __future__ import annotations
 
@@ -137,6 +137,55 @@ def _predict(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    import jax
+
+    from lightnets_jax import export
+
+    if (args.model is None) == (args.workdir is None):
+        raise ValueError("pass a MODEL (its initial weights) or --workdir W (a trained run's), not both or neither")
+    if args.workdir:
+        model, variables = _trained(Path(args.workdir))
+    else:
+        model = models.create(args.model, **_json_options(args.options))
+        variables = model.init(jax.random.key(args.seed), jax.numpy.zeros(models.example_shape(model)), train=False)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    blob = export.to_stablehlo(model, variables, batch=args.batch_size)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_bytes(blob)
+    tmp.replace(out)
+    print(f"{out}: StableHLO of {type(model).__name__}, input {('batch',) + models.example_shape(model)[1:]}, "
+          f"{len(blob) / 2**20:.1f} MiB (load with lightnets_jax.export.from_stablehlo or jax.export.deserialize)")
+    return 0
+
+
+def _trained(workdir: Path):
+    """(model, variables) of a training run's latest whole checkpoint."""
+    from lightnets_jax.training import checkpoint
+
+    config_path = workdir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{workdir} has no config.json; train there first")
+    payload = json.loads(config_path.read_text())
+    if "scene" in payload:
+        from lightnets_jax.tasks import hyperspectral
+
+        config = hyperspectral.HSIConfig.from_json(payload)
+        report = workdir / "report.json"
+        classes = (len(json.loads(report.read_text())["class_names"]) if report.is_file()
+                   else hyperspectral.load_scene(config).num_classes)
+        model, target = hyperspectral.build_model(config, classes), hyperspectral.initial_state(config, classes)
+    else:
+        from lightnets_jax.tasks import classification
+
+        config = classification.CifarConfig.from_json(payload)
+        target = classification._state(config, 1)
+        model = models.create(config.model, width_multiplier=config.width_multiplier)
+    state, _ = checkpoint.restore(workdir, target)
+    return model, {"params": state.params, "batch_stats": state.batch_stats}
+
+
 def _json_options(text: str | None) -> dict:
     """``--options``: a JSON object of model options."""
     if not text:
@@ -257,6 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--csv", action="store_true", help="CSV instead of Markdown")
     report.add_argument("--out", help="also write the table to this file")
     report.set_defaults(func=_report)
+
+    export = sub.add_parser("export", help="a model as serialized StableHLO (jax.export), batch size symbolic")
+    export.add_argument("model", nargs="?", help="a registered model, with its initial weights (or --workdir)")
+    export.add_argument("--workdir", help="a training run: its latest checkpoint's weights")
+    export.add_argument("--out", required=True, help="file to write (e.g. hybridsn.stablehlo)")
+    export.add_argument("--options", help="model options as JSON, with MODEL")
+    export.add_argument("--seed", type=argument(low=0), default=0, help="initialization seed, with MODEL")
+    export.add_argument("--batch-size", type=POSITIVE_INT, help="a fixed batch size (default: any)")
+    export.set_defaults(func=_export)
 
     summary = sub.add_parser("summary", help="layer table: output shapes, parameters, multiply-adds")
     summary.add_argument("model")
