@@ -73,6 +73,7 @@ def phase_scene(args) -> dict:
 
     from lightnets_jax.data import hyperspectral as hsi
     from lightnets_jax.tasks import hyperspectral as task
+    from lightnets_jax.tasks import scene_map
     from lightnets_jax.training import engine
 
     with tempfile.TemporaryDirectory() as folder:
@@ -99,9 +100,10 @@ def phase_scene(args) -> dict:
     example = np.zeros((1, window, window, config.pca_components), np.float32)
     state = engine.create_train_state(model, optax.sgd(0.0), example, 0)
     measured = coords[: batch * args.max_batches]
-    task.predict(state, prepared.padded, measured[:batch], window, batch)  # compile
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    scene_map.predict_pixels(model, variables, prepared.padded, measured[:batch], batch)  # compile
     tic = time.perf_counter()
-    task.predict(state, prepared.padded, measured, window, batch)
+    scene_map.predict_pixels(model, variables, prepared.padded, measured, batch)
     seconds = time.perf_counter() - tic
     return {"prepare_seconds": prepare_seconds, "peak_rss_after_prepare_mb": prepare_peak_mb,
             "pixels": len(coords), "predicted_pixels": len(measured),

@@ -108,23 +108,15 @@ def _train_cifar(args, base) -> int:
 
 
 def _evaluate(args) -> int:
-    workdir = Path(args.workdir)
-    config_path = workdir / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{workdir} has no config.json; train there first (lightnets train ... --workdir {workdir})")
+    from lightnets_jax.tasks import hyperspectral, load_run
     from lightnets_jax.training import workdir_lock
 
+    workdir = Path(args.workdir)
+    task, config = load_run(workdir)
     with workdir_lock.owned(workdir):  # not while a run is writing there
-        if "scene" in json.loads(config_path.read_text()):
-            from lightnets_jax.tasks import hyperspectral
-
-            report = hyperspectral.evaluate(workdir)
-            print("OA %.2f  AA %.2f  Kappa %.2f" % (report["overall_accuracy"], report["average_accuracy"],
-                                                  report["kappa"]))
-        else:
-            from lightnets_jax.tasks import classification
-
-            classification.evaluate(workdir)
+        report = task.evaluate(workdir, config=config)
+    if task is hyperspectral:
+        print("OA %.2f  AA %.2f  Kappa %.2f" % (report["overall_accuracy"], report["average_accuracy"], report["kappa"]))
     return 0
 
 
@@ -141,49 +133,32 @@ def _export(args) -> int:
     import jax
 
     from lightnets_jax import export
+    from lightnets_jax.training import checkpoint
 
     if (args.model is None) == (args.workdir is None):
         raise ValueError("pass a MODEL (its initial weights) or --workdir W (a trained run's), not both or neither")
     if args.workdir:
-        model, variables = _trained(Path(args.workdir))
+        model, variables, _ = _trained(Path(args.workdir))
     else:
         model = models.create(args.model, **_json_options(args.options))
         variables = model.init(jax.random.key(args.seed), jax.numpy.zeros(models.example_shape(model)), train=False)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     blob = export.to_stablehlo(model, variables, batch=args.batch_size)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(blob)
-    tmp.replace(out)
+    checkpoint.atomic_write(out, blob)
     print(f"{out}: StableHLO of {type(model).__name__}, input {('batch',) + models.example_shape(model)[1:]}, "
           f"{len(blob) / 2**20:.1f} MiB (load with lightnets_jax.export.from_stablehlo or jax.export.deserialize)")
     return 0
 
 
 def _trained(workdir: Path):
-    """(model, variables) of a training run's latest whole checkpoint."""
-    from lightnets_jax.training import checkpoint
+    """(model, eval variables, epoch) of a training run's newest checkpoint that restores."""
+    from lightnets_jax.tasks import hyperspectral, load_run
 
-    config_path = workdir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{workdir} has no config.json; train there first")
-    payload = json.loads(config_path.read_text())
-    if "scene" in payload:
-        from lightnets_jax.tasks import hyperspectral
-
-        config = hyperspectral.HSIConfig.from_json(payload)
-        report = workdir / "report.json"
-        classes = (len(json.loads(report.read_text())["class_names"]) if report.is_file()
-                   else hyperspectral.load_scene(config).num_classes)
-        model, target = hyperspectral.build_model(config, classes), hyperspectral.initial_state(config, classes)
-    else:
-        from lightnets_jax.tasks import classification
-
-        config = classification.CifarConfig.from_json(payload)
-        target = classification._state(config, 1)
-        model = models.create(config.model, width_multiplier=config.width_multiplier)
-    state, _ = checkpoint.restore(workdir, target)
-    return model, {"params": state.params, "batch_stats": state.batch_stats}
+    task, config = load_run(workdir)
+    if task is hyperspectral:
+        return task.trained_model(workdir, config, len(task.class_names(workdir, config)))
+    return task.trained_model(workdir, config)
 
 
 def _json_options(text: str | None) -> dict:

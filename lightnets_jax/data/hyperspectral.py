@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import io
 from pathlib import Path
 
 import numpy as np
@@ -206,16 +207,17 @@ def pca_transform(pca, cube: np.ndarray) -> np.ndarray:
 _PCA_FIELDS = ("mean_", "components_", "explained_variance_", "n_components_", "n_features_in_")
 
 
-def save_pca(path: Path, pca, patch_size: int) -> None:
-    """A fitted PCA and the patch size, enough to prepare another scene exactly as the training one."""
+def pca_archive(pca, patch_size: int) -> bytes:
+    """A fitted PCA and the patch size as ``.npz`` bytes: enough to prepare another scene exactly as
+    the training one (``load_pca`` reads them back)."""
+    buffer = io.BytesIO()
     arrays = {name: np.asarray(getattr(pca, name)) for name in _PCA_FIELDS}
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.npz")
-    np.savez(tmp, whiten=np.asarray(pca.whiten), patch_size=np.asarray(patch_size), **arrays)
-    tmp.replace(path)
+    np.savez(buffer, whiten=np.asarray(pca.whiten), patch_size=np.asarray(patch_size), **arrays)
+    return buffer.getvalue()
 
 
 def load_pca(path: Path):
-    """(the fitted PCA, the patch size) saved by ``save_pca``."""
+    """(the fitted PCA, the patch size) from a ``pca_archive`` file."""
     from sklearn.decomposition import PCA
 
     saved = np.load(path)

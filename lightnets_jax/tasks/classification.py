@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from lightnets_jax import models
 from lightnets_jax.checks import check_range
 from lightnets_jax.data import cifar10
 from lightnets_jax.reports import plots
+from lightnets_jax.tasks import load_run
 from lightnets_jax.training import checkpoint, engine, records, workdir_lock
 from lightnets_jax.training.parallel import DataParallel
 
@@ -63,9 +63,13 @@ def _split(data: cifar10.Cifar10, config: CifarConfig):
     return train, val
 
 
+def _model(config: CifarConfig):
+    return models.create(config.model, width_multiplier=config.width_multiplier,
+                         dtype=jnp.bfloat16 if config.bf16 else None)
+
+
 def _state(config: CifarConfig, steps_per_epoch: int) -> engine.TrainState:
-    model = models.create(config.model, width_multiplier=config.width_multiplier,
-                          dtype=jnp.bfloat16 if config.bf16 else None)
+    model = _model(config)
     tx = engine.make_optimizer(config.optimizer, config.epochs, steps_per_epoch)
     return engine.create_train_state(model, tx, jnp.zeros((1, 32, 32, 3)), config.seed)
 
@@ -163,9 +167,15 @@ def _train(config: CifarConfig, workdir: Path, resume: bool, log) -> dict:
     return report
 
 
+def trained_model(workdir: Path, config: CifarConfig) -> tuple:
+    """(model, eval variables, epoch) of the run's newest checkpoint that restores."""
+    state, epoch = checkpoint.restore(workdir, _state(config, 1))
+    return _model(config), {"params": state.params, "batch_stats": state.batch_stats}, epoch
+
+
 def evaluate(workdir: Path, state=None, config: CifarConfig | None = None, data=None, log=print) -> dict:
     workdir = Path(workdir)
-    config = config or CifarConfig.from_json(json.loads((workdir / "config.json").read_text()))
+    config = config or load_run(workdir)[1]
     data = data or cifar10.load(config.data_dir)
     parallel = DataParallel()
     if state is None:

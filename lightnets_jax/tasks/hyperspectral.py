@@ -23,7 +23,7 @@ from lightnets_jax import models
 from lightnets_jax.checks import check_range
 from lightnets_jax.data import hyperspectral as hsi
 from lightnets_jax.reports import metrics, plots
-from lightnets_jax.tasks import scene_map
+from lightnets_jax.tasks import load_run, scene_map
 from lightnets_jax.training import checkpoint, engine, records, workdir_lock
 
 
@@ -134,7 +134,7 @@ def prepare(config: HSIConfig) -> Prepared:
                     scene.cube.shape, pca)
 
 
-# The run's fitted PCA and patch size (``hsi.save_pca``), for predicting other scenes alike.
+# The run's fitted PCA and patch size (``hsi.pca_archive``), for predicting other scenes alike.
 PREPROCESSING = "preprocessing.npz"
 
 
@@ -150,6 +150,20 @@ def initial_state(config: HSIConfig, num_classes: int, steps_per_epoch: int = 1)
     tx = engine.make_optimizer(config.optimizer, config.epochs, steps_per_epoch)
     example = jnp.zeros((1, config.patch_size, config.patch_size, config.pca_components))
     return engine.create_train_state(model, tx, example, config.seed)
+
+
+def class_names(workdir: Path, config: HSIConfig) -> tuple[str, ...]:
+    """The run's class names: from its report when it has one (cheap), else from its scene."""
+    report = Path(workdir) / "report.json"
+    if report.is_file():
+        return tuple(json.loads(report.read_text())["class_names"])
+    return load_scene(config).class_names
+
+
+def trained_model(workdir: Path, config: HSIConfig, num_classes: int) -> tuple:
+    """(model, eval variables, epoch) of the run's newest checkpoint that restores."""
+    state, epoch = checkpoint.restore(workdir, initial_state(config, num_classes))
+    return build_model(config, num_classes), {"params": state.params, "batch_stats": state.batch_stats}, epoch
 
 
 def _steps_per_epoch(config: HSIConfig, n_train: int) -> int:
@@ -215,46 +229,19 @@ def _train(config: HSIConfig, workdir: Path, resume: bool, log) -> dict:
     return report
 
 
-def predict(state: engine.TrainState, padded: np.ndarray, coords: np.ndarray, window: int, batch_size: int = 256,
-            desc: str = "predict") -> np.ndarray:
-    """Class predictions for pixel coordinates, streamed in fixed-size batches (one compiled shape).
-
-    Only the padded, PCA-reduced cube lives on the device; each batch's patches are cut there
-    and dropped after use, so memory stays near the size of the reduced cube.
-    """
-    padded_device = jnp.asarray(padded)
-    out = np.empty(len(coords), np.int32)
-    for start in tqdm(range(0, len(coords), batch_size), desc=desc, leave=False, unit="batch"):
-        chunk = coords[start:start + batch_size]
-        padded_chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), 0)])
-        labels = _predict_batch(state, padded_device, jnp.asarray(padded_chunk), window)
-        out[start:start + len(chunk)] = np.asarray(labels)[:len(chunk)]
-    return out
-
-
-@functools.partial(jax.jit, static_argnames="window")
-def _predict_batch(state: engine.TrainState, padded: jax.Array, coords: jax.Array, window: int) -> jax.Array:
-    patches = hsi.gather_patches(padded, coords[:, 0], coords[:, 1], window)
-    return jnp.argmax(engine.eval_step(state, patches), axis=-1)
-
-
 def evaluate(workdir: Path, state=None, prepared: Prepared | None = None, config: HSIConfig | None = None,
              log=print) -> dict:
     """Predict from the latest checkpoint (or the given state) and write the report files."""
     from sklearn.metrics import classification_report
 
     workdir = Path(workdir)
-    if config is None:
-        config_path = workdir / "config.json"
-        if not config_path.exists():
-            raise FileNotFoundError(f"{workdir} has no config.json; train there first (lightnets train ... --workdir {workdir})")
-        config = HSIConfig.from_json(json.loads(config_path.read_text()))
+    config = config or load_run(workdir)[1]
     prepared = prepared or prepare(config)
     split, scene = prepared.split, prepared.scene
     if state is None:
         steps = _steps_per_epoch(config, len(split.train))
         state, _ = checkpoint.restore(workdir, initial_state(config, prepared.scene.num_classes, steps))
-    hsi.save_pca(workdir / PREPROCESSING, prepared.pca, config.patch_size)
+    checkpoint.atomic_write(workdir / PREPROCESSING, hsi.pca_archive(prepared.pca, config.patch_size))
     tic = time.time()
     if config.predict_map:
         model = build_model(config, scene.num_classes)
@@ -262,7 +249,9 @@ def evaluate(workdir: Path, state=None, prepared: Prepared | None = None, config
         full = scene_map.predict_scene(model, variables, prepared.padded, "dense", desc="map scene").labels
         test_pred = full[split.test[:, 0], split.test[:, 1]]
     else:
-        test_pred = predict(state, prepared.padded, split.test, config.patch_size, desc="predict test")
+        test_pred = scene_map.predict_pixels(build_model(config, scene.num_classes),
+                                             {"params": state.params, "batch_stats": state.batch_stats},
+                                             prepared.padded, split.test, desc="predict test")
     predict_seconds = time.time() - tic
     names = list(scene.class_names)
     text = classification_report(split.test_labels, test_pred, labels=range(len(names)), target_names=names,

@@ -18,7 +18,7 @@ import numpy as np
 
 from lightnets_jax.data import hyperspectral as hsi
 from lightnets_jax.reports import plots
-from lightnets_jax.tasks import hyperspectral, scene_map
+from lightnets_jax.tasks import hyperspectral, load_run, scene_map
 from lightnets_jax.training import checkpoint
 
 
@@ -29,10 +29,9 @@ def predict(workdir: Path, cube: str | None = None, gt: str | None = None, cube_
     (default ``workdir/predict/<scene>``); returns what ``prediction.json`` records."""
     tic = time.perf_counter()
     workdir = Path(workdir)
-    config_path = workdir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{workdir} has no config.json; train there first (lightnets train hybridsn --workdir {workdir})")
-    config = hyperspectral.HSIConfig.from_json(json.loads(config_path.read_text()))
+    task, config = load_run(workdir)
+    if task is not hyperspectral:
+        raise ValueError(f"{workdir} is a {config.model} run on CIFAR-10; lightnets predict maps scenes with HybridSN runs")
     epoch = checkpoint.latest_epoch(workdir)
     if epoch is None:
         raise FileNotFoundError(f"{workdir} holds no checkpoint; train there first or finish the run with --resume")
@@ -49,9 +48,7 @@ def predict(workdir: Path, cube: str | None = None, gt: str | None = None, cube_
     hsi.check_window(config.patch_size, *scene_cube.shape[:2])
     padded = hsi.pad_cube(hsi.pca_transform(pca, scene_cube), config.patch_size)
     del scene_cube
-    model = hyperspectral.build_model(config, len(class_names))
-    state, epoch = checkpoint.restore(workdir, hyperspectral.initial_state(config, len(class_names)))
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    model, variables, epoch = hyperspectral.trained_model(workdir, config, len(class_names))
     mapped = scene_map.predict_scene(model, variables, padded, method, probabilities, tile=tile, desc=f"map {name}")
     class_map = mapped.labels + 1  # 0 = not classified
     if nodata is not None:
@@ -85,7 +82,6 @@ def _scene(config, workdir: Path, cube, gt, cube_key, gt_key):
                                 f"cannot be prepared as its training scene was; re-evaluate it (lightnets evaluate "
                                 f"--workdir {workdir}) or retrain")
     pca, _ = hsi.load_pca(saved)
-    own = hyperspectral.load_scene(config)
     new_cube = hsi.read_array(cube, cube_key, ndim=3)
     if new_cube.shape[-1] != pca.n_features_in_:
         raise hsi.DataError(f"{cube} has {new_cube.shape[-1]} bands but the run was trained on {pca.n_features_in_}; "
@@ -96,7 +92,7 @@ def _scene(config, workdir: Path, cube, gt, cube_key, gt_key):
         if labels.shape != new_cube.shape[:2]:
             raise hsi.DataError(f"{gt} is {labels.shape[0]}x{labels.shape[1]} but the cube is "
                                 f"{new_cube.shape[0]}x{new_cube.shape[1]}")
-    return new_cube.astype(np.float32, copy=False), labels, own.class_names, pca
+    return new_cube.astype(np.float32, copy=False), labels, hyperspectral.class_names(workdir, config), pca
 
 
 def _nodata(cube: np.ndarray, mask_nodata: bool) -> np.ndarray | None:

@@ -63,7 +63,7 @@ def predict_scene(model, variables, padded: np.ndarray, method: str = "dense", p
     height, width = padded.shape[0] - window + 1, padded.shape[1] - window + 1
     tic = time.perf_counter()
     if method == "patch":
-        logits_of = _patch_logits(model, variables, padded, batch_size, desc)
+        logits_of = _patch_logits(model, variables, padded, hsi.scene_pixels(height, width), batch_size, desc)
         chosen = None
     else:
         devices = jax.local_devices()
@@ -108,11 +108,18 @@ def _dense_step(model):
     return jax.jit(functools.partial(dense_logits, model))
 
 
-def _patch_logits(model, variables, padded: np.ndarray, batch_size: int, desc: str):
-    """(row-major pixel range, logits) of the scene in fixed-size batches of patches (one compiled shape)."""
-    window = model.patch_size
-    height, width = padded.shape[0] - window + 1, padded.shape[1] - window + 1
-    coords = hsi.scene_pixels(height, width)
+def predict_pixels(model, variables, padded: np.ndarray, coords: np.ndarray, batch_size: int = 256,
+                   desc: str = "predict") -> np.ndarray:
+    """Classes of the pixels at ``coords`` (n, 2), each from its own patch: only the padded cube
+    lives on the device, each batch's patches are cut there and dropped after use."""
+    labels = np.empty(len(coords), np.int32)
+    for where, logits in _patch_logits(model, variables, padded, coords, batch_size, desc):
+        labels[where] = np.argmax(logits, axis=-1)
+    return labels
+
+
+def _patch_logits(model, variables, padded: np.ndarray, coords: np.ndarray, batch_size: int, desc: str):
+    """(range of ``coords``, logits) in fixed-size batches of patches (one compiled shape)."""
     padded_device = jnp.asarray(padded)
     step = _patch_step(model)
     for start in tqdm(range(0, len(coords), batch_size), desc=desc, leave=False, unit="batch"):
