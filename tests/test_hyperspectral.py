@@ -46,14 +46,25 @@ def test_stratified_split_matches_the_note_and_keeps_every_class():
     assert set(split.train_labels) == set(split.test_labels) == {0, 1, 2, 3}
 
 
-def test_disjoint_split_has_no_overlapping_patches():
+def test_disjoint_split_keeps_test_pixels_out_of_training_patches():
     labels = np.zeros((80, 80), np.int32)
     labels[5:75, 5:75] = (np.arange(70)[:, None] // 18 + np.arange(70)[None, :] // 18) % 3 + 1
+    labels[70:73, 70:73] = 4  # a small class in one corner block
     window = 5
-    split = hsi.disjoint_split(labels, window, test_ratio=0.5, block=16, seed=1)
-    assert len(split.train) and len(split.test)
-    gap = np.abs(split.train[:, None, :] - split.test[None, :, :]).max(-1)
-    assert gap.min() >= window  # patches of side `window` cannot share a pixel
+    for seed in range(4):
+        split = hsi.disjoint_split(labels, window, test_ratio=0.7, block=10, seed=seed)
+        assert len(split.train) and len(split.test)
+        gap = np.abs(split.train[:, None, :] - split.test[None, :, :]).max(-1)
+        assert gap.min() > window // 2  # no training patch of side `window` covers a test pixel
+        assert set(split.train_labels) == {0, 1, 2, 3}  # every class trains, the small one too
+        train_blocks = {tuple(b) for b in split.train // 10}
+        assert not train_blocks & {tuple(b) for b in split.test // 10}  # whole blocks
+
+
+def test_disjoint_split_needs_room_for_test_pixels():
+    labels = np.ones((12, 12), np.int32)
+    with pytest.raises(hsi.DataError, match="no test pixels"):
+        hsi.disjoint_split(labels, 5, test_ratio=0.5, block=12, seed=0)
 
 
 def test_per_class_split_counts():
@@ -61,6 +72,16 @@ def test_per_class_split_counts():
     split = hsi.per_class_split(labels, 5)
     assert np.bincount(split.train_labels).tolist() == [5, 5, 5]
     assert len(split.train) + len(split.test) == int((labels > 0).sum())
+
+
+def test_per_class_split_caps_small_classes_only_when_asked():
+    labels = np.zeros((10, 10), np.int32)
+    labels[:6] = 1  # 60 pixels
+    labels[6:, :5] = 2  # 20 pixels
+    with pytest.raises(hsi.DataError, match="class 2 has 20 pixels, not more than --per-class 30"):
+        hsi.per_class_split(labels, 30)
+    split = hsi.per_class_split(labels, 30, max_fraction=0.5)
+    assert np.bincount(split.train_labels).tolist() == [30, 10]
 
 
 @pytest.mark.parametrize("confusion", [

@@ -36,7 +36,7 @@ def _train(args) -> int:
         class_names=_class_names(args.class_names), cube=args.cube, gt=args.gt, data_dir=args.data_dir,
         cube_key=args.cube_key, gt_key=args.gt_key, pca_components=args.pca_components, pca_fit=args.pca_fit,
         patch_size=args.patch_size, split=args.split, test_ratio=args.test_ratio, per_class=args.per_class,
-        split_seed=args.split_seed, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
+        per_class_max_fraction=args.per_class_max_fraction, disjoint_block=args.block, split_seed=args.split_seed, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
         init_scheme=args.init, optimizer=_optimizer(base.optimizer, args), predict_map=False if args.no_map else None,
         bf16=args.bf16 or None,
     )
@@ -250,7 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     hsi.add_argument("--patch-size", type=argument(low=1, odd=True))
     hsi.add_argument("--split", choices=["stratified", "disjoint", "per-class"])
     hsi.add_argument("--test-ratio", type=argument(float, low=0, high=1, low_open=True, high_open=True))
-    hsi.add_argument("--per-class", type=POSITIVE_INT)
+    hsi.add_argument("--per-class", type=POSITIVE_INT, help="--split per-class: training pixels per class")
+    hsi.add_argument("--per-class-max-fraction", type=argument(float, low=0, high=1, low_open=True),
+                     help="--split per-class: take at most this share of a small class (papers use 0.5)")
+    hsi.add_argument("--block", type=POSITIVE_INT, help="--split disjoint: block side in pixels (default: the patch size)")
     hsi.add_argument("--split-seed", type=argument(low=0))
     hsi.add_argument("--no-map", action="store_true", help="predict test pixels only, no full-scene map")
     train.set_defaults(func=_train)

@@ -45,6 +45,8 @@ class HSIConfig:
     split: str = "stratified"  # "stratified", "disjoint" or "per-class"
     test_ratio: float = 0.9
     per_class: int = 20
+    per_class_max_fraction: float | None = None  # cap small classes at this share (papers: 0.5)
+    disjoint_block: int | None = None  # block side of the disjoint split (default: patch_size)
     split_seed: int = 345
     seed: int = 0
     epochs: int = 100
@@ -66,6 +68,10 @@ class HSIConfig:
         check_range("patch_size", self.patch_size, 1, odd=True)
         check_range("test_ratio", self.test_ratio, 0, 1, low_open=True, high_open=True)
         check_range("per_class", self.per_class, 1, integer=True)
+        if self.per_class_max_fraction is not None:
+            check_range("per_class_max_fraction", self.per_class_max_fraction, 0, 1, low_open=True)
+        if self.disjoint_block is not None:
+            check_range("disjoint_block", self.disjoint_block, 1, integer=True)
         check_range("seed", self.seed, 0, integer=True)
         check_range("split_seed", self.split_seed, 0, integer=True)
         check_range("label_smoothing", self.label_smoothing, 0, 1, high_open=True)
@@ -116,9 +122,10 @@ def prepare(config: HSIConfig) -> Prepared:
     if config.split == "stratified":
         split = hsi.stratified_split(scene.labels, config.test_ratio, config.split_seed)
     elif config.split == "disjoint":
-        split = hsi.disjoint_split(scene.labels, config.patch_size, config.test_ratio, seed=config.split_seed)
+        split = hsi.disjoint_split(scene.labels, config.patch_size, config.test_ratio, config.disjoint_block,
+                                   config.split_seed)
     elif config.split == "per-class":
-        split = hsi.per_class_split(scene.labels, config.per_class, config.split_seed)
+        split = hsi.per_class_split(scene.labels, config.per_class, config.split_seed, config.per_class_max_fraction)
     else:
         raise hsi.DataError(f"unknown split {config.split!r}; choose stratified, disjoint or per-class")
     if config.pca_fit not in ("scene", "train"):
