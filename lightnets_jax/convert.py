@@ -14,11 +14,17 @@ BN ``running_mean``    ``batch_stats/.../mean``               —
 BN ``running_var``     ``batch_stats/.../var``                —
 ``num_batches_tracked``  (dropped; written as 0 by ``to_torch``)
 =====================  =====================================  ==========================
+
+torchvision's (``features.N.conv.…``, ``classifier.1``) and timm's (``conv_stem``,
+``blocks.i.j.…``, ``conv_head``, ``classifier``) ImageNet MobileNets are first renamed into the
+note's layout (``torch_layouts.py``), detected from the keys or named with ``layout=``.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
+from pathlib import Path
 from typing import Any, Mapping
 
 import jax
@@ -27,6 +33,7 @@ import numpy as np
 from flax import traverse_util
 
 from lightnets_jax import models
+from lightnets_jax.torch_layouts import detect_layout, rename_to_note
 
 _INDEXED = re.compile(r"^(.*)_(\d+)$")
 
@@ -64,12 +71,18 @@ def expected_variables(name: str, **options: Any) -> dict[tuple[str, ...], jax.S
     return traverse_util.flatten_dict(dict(variables))
 
 
-def from_torch(name: str, state_dict: Mapping[str, Any], **options: Any) -> dict:
-    """Convert a state_dict of the note's PyTorch module ``name`` into Flax ``variables``.
+def from_torch(name: str, state_dict: Mapping[str, Any], layout: str | None = None, seed: int = 0,
+               **options: Any) -> dict:
+    """Convert a PyTorch state_dict for model ``name`` into Flax ``variables``.
 
-    Values may be torch tensors or NumPy arrays. Every expected key must be present with the
-    expected shape; missing, misshapen and unexpected keys raise a ValueError listing them.
+    ``layout`` is ``"note"`` (the note's modules), ``"torchvision"`` or ``"timm"``; by default it is
+    detected from the keys. Values may be torch tensors or NumPy arrays. Every expected key must
+    be present with the expected shape; missing, misshapen and unexpected keys raise a ValueError
+    listing them. A classifier of another size than ``num_classes`` (a 1000-class checkpoint for a
+    10-class model) is replaced by a fresh one (initialised with ``seed``), with a warning.
     """
+    layout = layout or detect_layout(state_dict)
+    state_dict, origin = rename_to_note(name, state_dict, layout)
     expected = expected_variables(name, **options)
     converted: dict[tuple[str, ...], np.ndarray] = {}
     unexpected: list[str] = []
@@ -90,31 +103,92 @@ def from_torch(name: str, state_dict: Mapping[str, Any], **options: Any) -> dict
         elif leaf in ("running_mean", "running_var"):
             target = ("batch_stats", *module, leaf.removeprefix("running_"))
         else:
-            unexpected.append(key)
+            unexpected.append(origin[key])
             continue
         if target not in expected:
-            unexpected.append(key)
+            unexpected.append(origin[key])
             continue
         if tuple(array.shape) != tuple(expected[target].shape):
             want = _torch_shape(target, expected[target].shape)
-            misshapen[target] = f"{key}: expected {want}, got {tuple(_to_numpy(value).shape)}"
+            misshapen[target] = f"{origin[key]}: expected {want}, got {tuple(_to_numpy(value).shape)}"
             continue
         converted[target] = jnp.asarray(array, dtype=jnp.float32)
+    head = _fresh_head(name, expected, misshapen, converted, seed, options)
     missing = [
         f"{_torch_key(path)} {_torch_shape(path, spec.shape)}"
         for path, spec in expected.items()
-        if path not in converted and path not in misshapen
+        if path not in converted and path not in misshapen and path not in head
     ]
     problems = []
     if missing:
-        problems.append("missing keys: " + ", ".join(missing))
+        problems.append(f"{len(missing)} missing keys: " + _first_few(missing, ", "))
     if misshapen:
-        problems.append("misshapen keys: " + "; ".join(misshapen.values()))
+        problems.append(f"{len(misshapen)} misshapen keys: " + _first_few(list(misshapen.values()), "; "))
     if unexpected:
-        problems.append("unexpected keys: " + ", ".join(unexpected))
+        problems.append(f"{len(unexpected)} unexpected keys: " + _first_few(unexpected, ", "))
     if problems:
-        raise ValueError(f"state_dict does not match model {name!r}: " + " | ".join(problems))
-    return traverse_util.unflatten_dict(converted)
+        first = (unexpected or [m.split(":")[0] for m in misshapen.values()] or missing)[0].split(" ")[0]
+        raise ValueError(f"state_dict does not match model {name!r} (read as the {layout} layout; first key that "
+                         f"does not fit: {first}): " + " | ".join(problems))
+    return traverse_util.unflatten_dict({**converted, **head})
+
+
+def _first_few(items: list[str], sep: str, shown: int = 8) -> str:
+    return sep.join(items[:shown]) + (f"{sep}... ({len(items) - shown} more)" if len(items) > shown else "")
+
+
+def _fresh_head(name, expected, misshapen, converted, seed, options) -> dict:
+    """The classifier re-initialised when it is the only thing of another size than the model's."""
+    head = {path for path in expected if path[1] == "linear"}
+    if not misshapen or set(misshapen) - head:
+        return {}
+    model = models.create(name, **options)
+    variables = model.init(jax.random.key(seed), jnp.zeros(models.example_shape(model)), train=False)
+    fresh = {path: value for path, value in traverse_util.flatten_dict(dict(variables)).items() if path in head}
+    for path in head:
+        misshapen.pop(path, None)
+        converted.pop(path, None)
+    warnings.warn(f"{name}: the checkpoint's classifier has another number of classes than the model's "
+                  f"{expected[('params', 'linear', 'bias')].shape[0]}; kept the backbone, initialised a new classifier "
+                  f"(seed {seed})", stacklevel=3)
+    return fresh
+
+
+def load(name: str, path: str | Path, layout: str | None = None, **options: Any) -> dict:
+    """Read a PyTorch checkpoint file (``.safetensors``, no torch needed; ``.pth``/``.pt``, needs
+    torch) and convert it with :func:`from_torch` into Flax ``variables`` for model ``name``."""
+    return from_torch(name, read_state_dict(path), layout, **options)
+
+
+def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+    """A checkpoint file's tensors as NumPy arrays, keyed like a PyTorch state_dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, ValueError, OSError) as err:
+            raise ValueError(f"cannot read {path}: not a complete .safetensors file ({err})") from err
+    if path.suffix in (".pth", ".pt", ".bin"):
+        try:
+            import torch
+        except ImportError as err:
+            raise ImportError(f"reading {path} needs PyTorch (pip install torch), or convert it to .safetensors") from err
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises RuntimeError, pickle and zip errors alike
+            raise ValueError(f"cannot read {path}: not a PyTorch checkpoint torch.load can open ({err})") from err
+        for wrapper in ("state_dict", "model", "model_state_dict"):  # training checkpoints wrap it
+            if isinstance(payload, dict) and isinstance(payload.get(wrapper), dict):
+                payload = payload[wrapper]
+        if not isinstance(payload, dict):
+            raise ValueError(f"{path} holds a {type(payload).__name__}, not a state_dict")
+        return {k: _to_numpy(v) for k, v in payload.items()}
+    raise ValueError(f"cannot read {path}: expected a .safetensors, .pth or .pt file")
 
 
 def _torch_key(path: tuple[str, ...]) -> str:

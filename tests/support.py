@@ -44,3 +44,33 @@ def write_tiny_scene(folder, height: int = 16, width: int = 16, bands: int = 20,
     np.save(Path(folder) / f"{name}.npy", cube)
     np.save(Path(folder) / "gt.npy", labels)
     return Path(folder) / f"{name}.npy", Path(folder) / "gt.npy"
+
+
+def import_torchvision_and_timm():
+    """torchvision and timm, or skip. torchvision 0.28's wheel is built against CUDA: beside the
+    CPU torch its compiled ops do not register and its fake-op module fails at import; its models
+    are pure Python, so an empty stand-in for that module is enough (timm imports torchvision)."""
+    import sys
+    import types
+
+    pytest.importorskip("torch")
+    sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
+    return pytest.importorskip("torchvision"), pytest.importorskip("timm")
+
+
+def randomize_torch_module(module, seed: int = 0):
+    """Every floating tensor of a PyTorch module's state redrawn (untrained nets give near-zero
+    logits, a weak check): weights scaled by fan-in, BN scales and variances around 1."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key, value in module.state_dict().items():
+            if not value.dtype.is_floating_point:
+                continue
+            if key.endswith("running_var") or (key.endswith("weight") and value.ndim == 1):
+                value.copy_(torch.rand(value.shape, generator=generator) + 0.5)
+            else:
+                fan_in = max(1, value[0].numel()) if value.ndim > 1 else 1
+                value.copy_(torch.randn(value.shape, generator=generator) / fan_in ** 0.5)
+    return module.eval()

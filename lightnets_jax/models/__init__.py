@@ -21,6 +21,7 @@ from lightnets_jax.models.mobilenet_v1 import MobileNetV1
 from lightnets_jax.models.mobilenet_v2 import MobileNetV2
 
 IMAGE, HYPERSPECTRAL = "image", "hyperspectral"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _image_shape(model: nn.Module) -> tuple[int, int, int]:
@@ -43,10 +44,13 @@ class ModelSpec:
     task: str  # IMAGE: (N, H, W, 3) images; HYPERSPECTRAL: (N, S, S, bands) patches
     dataset: str  # what ``lightnets train`` trains it on by default (no ImageNet pipeline: CIFAR-10)
     example_shape: Callable[[nn.Module], tuple[int, ...]]  # one input, no batch axis, of a built model
+    # ImageNet models: the RGB normalization their published weights expect (classify, fine-tuning)
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
 
 
-def _image(name, build, description, dataset="cifar10", **defaults):
-    return ModelSpec(name, build, defaults, description, IMAGE, dataset, _image_shape)
+def _image(name, build, description, dataset="cifar10", mean=None, std=None, **defaults):
+    return ModelSpec(name, build, defaults, description, IMAGE, dataset, _image_shape, mean, std)
 
 
 _SPECS = (
@@ -54,10 +58,15 @@ _SPECS = (
     _image("mobilenet_v1_paper", MobileNetV1, "CIFAR-10 MobileNetV1 at the paper's depth (13 depthwise layers)",
            cfg=mobilenet_v1.PAPER_CFG),
     _image("mobilenet_v1_imagenet", MobileNetV1, "the paper's ImageNet MobileNetV1 (any resolution)",
+           mean=IMAGENET_MEAN, std=IMAGENET_STD,
            cfg=mobilenet_v1.PAPER_CFG, stem_stride=2, input_size=None, num_classes=1000),
+    _image("mobilenet_v1_timm", MobileNetV1, "ImageNet MobileNetV1 with ReLU6, as timm's mobilenetv1_100 (its weights)",
+           mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+           cfg=mobilenet_v1.PAPER_CFG, stem_stride=2, input_size=None, num_classes=1000, activation="relu6"),
     _image("mobilenet_v2", MobileNetV2, "the note's CIFAR-10 MobileNetV2"),
-    _image("mobilenet_v2_imagenet", MobileNetV2, "the paper's ImageNet MobileNetV2 (ReLU6, any resolution)",
-           cfg=mobilenet_v2.PAPER_CFG, imagenet=True, activation="relu6", input_size=None,
+    _image("mobilenet_v2_imagenet", MobileNetV2,
+           "the paper's ImageNet MobileNetV2 (ReLU6, any resolution; torchvision's and timm's weights)",
+           mean=IMAGENET_MEAN, std=IMAGENET_STD, cfg=mobilenet_v2.PAPER_CFG, imagenet=True, activation="relu6", input_size=None,
            num_classes=1000),
     ModelSpec("hybridsn", HybridSN, {}, "the note's HybridSN for 25x25x30 hyperspectral patches", HYPERSPECTRAL,
               "indian_pines", _patch_shape),

@@ -31,6 +31,15 @@ Initializer = Callable[..., Array]
 INIT_SCHEMES = ("torch", "glorot")
 
 
+# The paper's MobileNets and timm's weights use ReLU6; the note's CIFAR networks use ReLU.
+ACTIVATIONS = {"relu": nn.relu, "relu6": nn.relu6}
+
+
+def activation(name: str):
+    _check_choice("activation", name, sorted(ACTIVATIONS))
+    return ACTIVATIONS[name]
+
+
 def _check_choice(kind: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"unknown {kind} {value!r}; choose one of {', '.join(map(repr, choices))}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lightnets_jax.models.layers import BatchNorm, Conv, Dense, DepthwiseConv, check_image_input, make_divisible
+from lightnets_jax.models.layers import BatchNorm, Conv, Dense, DepthwiseConv, activation, check_image_input, make_divisible
 
 # (output channels, depthwise stride) per separable block.
 NOTE_CFG = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (1024, 2), (1024, 1))
@@ -27,15 +27,17 @@ class Block(nn.Module):
 
     out_planes: int
     stride: int = 1
+    activation: str = "relu"
     conv_impl: str = "reference"
     dtype: jnp.dtype | None = None
 
     @nn.compact
     def __call__(self, x, train: bool):
+        act = activation(self.activation)
         out = DepthwiseConv(strides=self.stride, padding=1, impl=self.conv_impl, dtype=self.dtype, name="conv1")(x)
-        out = nn.relu(BatchNorm(not train, name="bn1")(out))
+        out = act(BatchNorm(not train, name="bn1")(out))
         out = Conv(self.out_planes, (1, 1), impl=self.conv_impl, dtype=self.dtype, name="conv2")(out)
-        return nn.relu(BatchNorm(not train, name="bn2")(out))
+        return act(BatchNorm(not train, name="bn2")(out))
 
 
 class MobileNetV1(nn.Module):
@@ -48,6 +50,7 @@ class MobileNetV1(nn.Module):
       stem_stride: 1 for CIFAR (the note), 2 for ImageNet (the paper).
       input_size: the fixed input side for the CIFAR network (its 2×2 pool assumes 32×32);
         ``None`` for global average pooling over any resolution.
+      activation: ``"relu"`` (the paper, the note) or ``"relu6"`` (TF-slim's and timm's weights).
       conv_impl: the kernels' implementation, ``"reference"`` (XLA's), ``"gemm"`` or ``"onednn"``
         (CPU); ``models.create`` picks the fast one for the backend.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
@@ -58,17 +61,19 @@ class MobileNetV1(nn.Module):
     width_multiplier: float = 1.0
     stem_stride: int = 1
     input_size: int | None = 32
+    activation: str = "relu"
     conv_impl: str = "reference"
     dtype: jnp.dtype | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         check_image_input(x, "MobileNetV1", self.input_size)
+        act = activation(self.activation)
         width = lambda c: make_divisible(c * self.width_multiplier)
         out = Conv(width(32), (3, 3), strides=self.stem_stride, padding=1, impl=self.conv_impl, dtype=self.dtype, name="conv1")(x, train)
-        out = nn.relu(BatchNorm(not train, name="bn1")(out))
+        out = act(BatchNorm(not train, name="bn1")(out))
         for i, (planes, stride) in enumerate(self.cfg):
-            out = Block(width(planes), stride, self.conv_impl, self.dtype, name=f"layers_{i}")(out, train)
+            out = Block(width(planes), stride, self.activation, self.conv_impl, self.dtype, name=f"layers_{i}")(out, train)
         if self.input_size is not None:
             out = nn.avg_pool(out, (2, 2), strides=(2, 2))  # the note's F.avg_pool2d(out, 2)
             out = out.reshape(out.shape[0], -1)

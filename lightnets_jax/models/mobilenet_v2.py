@@ -12,14 +12,12 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lightnets_jax.models.layers import BatchNorm, Conv, Dense, DepthwiseConv, check_image_input, make_divisible
+from lightnets_jax.models.layers import BatchNorm, Conv, Dense, DepthwiseConv, activation, check_image_input, make_divisible
 
 # (expansion t, output channels c, repeats n, first stride s), the note's CIFAR table.
 NOTE_CFG = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 # The paper's Table 2 (ImageNet): the 24-wide stage downsamples.
 PAPER_CFG = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
-
-ACTIVATIONS = {"relu": nn.relu, "relu6": nn.relu6}
 
 
 class Block(nn.Module):
@@ -36,7 +34,7 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        act = ACTIVATIONS[self.activation]
+        act = activation(self.activation)
         in_planes = x.shape[-1]
         planes = self.expansion * in_planes
         out = x
@@ -82,10 +80,8 @@ class MobileNetV2(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}")
         check_image_input(x, "MobileNetV2", self.input_size)
-        act = ACTIVATIONS[self.activation]
+        act = activation(self.activation)
         width = lambda c: make_divisible(c * self.width_multiplier)
         out = Conv(width(32), (3, 3), strides=2 if self.imagenet else 1, padding=1, impl=self.conv_impl, dtype=self.dtype, name="conv1")(x, train)
         out = act(BatchNorm(not train, name="bn1")(out))
