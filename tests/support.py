@@ -74,3 +74,26 @@ def randomize_torch_module(module, seed: int = 0):
                 fan_in = max(1, value[0].numel()) if value.ndim > 1 else 1
                 value.copy_(torch.randn(value.shape, generator=generator) / fan_in ** 0.5)
     return module.eval()
+
+
+def random_variables(model, seed: int = 0) -> dict:
+    """A model's variables with every leaf redrawn (kernels by fan-in, BN scales and variances
+    around 1, biases and means small), so outputs depend on the input at every scale."""
+    import jax
+
+    from lightnets_jax import models
+
+    variables = model.init(jax.random.key(seed), jnp.zeros(models.example_shape(model)), train=False)
+    rng = np.random.default_rng(seed)
+    flat = jax.tree_util.tree_flatten_with_path(variables)
+
+    def draw(path, leaf):
+        name = str(path[-1])
+        if "kernel" in name:
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            return jnp.asarray(rng.standard_normal(leaf.shape, np.float32) * np.sqrt(2.0 / fan_in))
+        if "scale" in name or "var" in name:
+            return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32))
+        return jnp.asarray(rng.standard_normal(leaf.shape, np.float32) * 0.1)
+
+    return jax.tree_util.tree_unflatten(flat[1], [draw(path, leaf) for path, leaf in flat[0]])

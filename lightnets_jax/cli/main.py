@@ -130,25 +130,47 @@ def _predict(args) -> int:
 
 
 def _export(args) -> int:
-    import jax
-
     from lightnets_jax import export
     from lightnets_jax.training import checkpoint
 
-    if (args.model is None) == (args.workdir is None):
-        raise ValueError("pass a MODEL (its initial weights) or --workdir W (a trained run's), not both or neither")
-    if args.workdir:
-        model, variables, _ = _trained(Path(args.workdir))
-    else:
-        model = models.create(args.model, **_json_options(args.options))
-        variables = model.init(jax.random.key(args.seed), jax.numpy.zeros(models.example_shape(model)), train=False)
+    model, variables, source = _model_with_weights(args)
+    fmt = args.format or ("onnx" if args.out.endswith(".onnx") else "stablehlo")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    blob = export.to_stablehlo(model, variables, batch=args.batch_size)
+    if fmt == "onnx":
+        blob = export.to_onnx(model, variables, batch=args.batch_size).SerializeToString()
+        how = "run with onnxruntime.InferenceSession(path).run(['logits'], {'input': x})"
+    else:
+        blob = export.to_stablehlo(model, variables, batch=args.batch_size)
+        how = "load with lightnets_jax.export.from_stablehlo or jax.export.deserialize"
     checkpoint.atomic_write(out, blob)
-    print(f"{out}: StableHLO of {type(model).__name__}, input {('batch',) + models.example_shape(model)[1:]}, "
-          f"{len(blob) / 2**20:.1f} MiB (load with lightnets_jax.export.from_stablehlo or jax.export.deserialize)")
+    batch = args.batch_size or "batch"
+    print(f"{out}: {fmt} of {type(model).__name__} ({source}), input {(batch,) + models.example_shape(model)[1:]} "
+          f"float32, {len(blob) / 2**20:.1f} MiB ({how})")
     return 0
+
+
+def _model_with_weights(args):
+    """(model, eval variables, where the weights came from) for MODEL [--weights FILE|WORKDIR] or --workdir."""
+    import jax
+
+    from lightnets_jax import convert
+
+    if (args.model is None) == (args.workdir is None):
+        raise ValueError("pass a MODEL (its initial weights, or --weights FILE) or --workdir W (a trained run's), "
+                         "not both or neither")
+    workdir = args.workdir or (args.weights if args.weights and Path(args.weights).is_dir() else None)
+    if workdir:
+        model, variables, epoch = _trained(Path(workdir))
+        if args.model and models.spec(args.model).build is not type(model):
+            raise ValueError(f"{workdir} trained a {type(model).__name__}, not {args.model}")
+        return model, variables, f"{workdir}, epoch {epoch}"
+    options = _json_options(args.options)
+    model = models.create(args.model, **options)
+    if args.weights:
+        return model, convert.load(args.model, args.weights, **options), str(args.weights)
+    variables = model.init(jax.random.key(args.seed), jax.numpy.zeros(models.example_shape(model)), train=False)
+    return model, variables, f"initial weights, seed {args.seed}"
 
 
 def _trained(workdir: Path):
@@ -285,10 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="also write the table to this file")
     report.set_defaults(func=_report)
 
-    export = sub.add_parser("export", help="a model as serialized StableHLO (jax.export), batch size symbolic")
-    export.add_argument("model", nargs="?", help="a registered model, with its initial weights (or --workdir)")
+    export = sub.add_parser("export", help="a model as ONNX or serialized StableHLO (jax.export), batch size symbolic")
+    export.add_argument("model", nargs="?", help="a registered model, with its initial weights, --weights, or --workdir")
     export.add_argument("--workdir", help="a training run: its latest checkpoint's weights")
-    export.add_argument("--out", required=True, help="file to write (e.g. hybridsn.stablehlo)")
+    export.add_argument("--weights", help="with MODEL: a .safetensors/.pth file (the note's, torchvision's or timm's "
+                        "layout) or a training workdir")
+    export.add_argument("--format", choices=["onnx", "stablehlo"], help="default: onnx for an --out ending in .onnx, else stablehlo")
+    export.add_argument("--out", required=True, help="file to write (e.g. hybridsn.onnx, hybridsn.stablehlo)")
     export.add_argument("--options", help="model options as JSON, with MODEL")
     export.add_argument("--seed", type=argument(low=0), default=0, help="initialization seed, with MODEL")
     export.add_argument("--batch-size", type=POSITIVE_INT, help="a fixed batch size (default: any)")

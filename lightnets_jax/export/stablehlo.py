@@ -1,4 +1,4 @@
-"""Models out of JAX: StableHLO through ``jax.export``, serialized with the weights inside and the
+"""StableHLO through ``jax.export``, serialized with the weights inside and the
 batch size symbolic, so any runtime with XLA (or a later JAX, within jax.export's compatibility
 window) runs it without this package. Export always uses the portable kernels (XLA's own
 convolutions, ``conv_impl="reference"``), never the CPU runtime's oneDNN custom calls."""
