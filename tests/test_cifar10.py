@@ -135,13 +135,13 @@ def test_validation_split_that_leaves_no_training_batch_is_refused(tmp_path):
     from lightnets_jax.tasks import classification
 
     _write_python(tmp_path / "data" / "cifar-10-batches-py", _batches(n=6))  # 30 training images
-    config = classification.CifarConfig(data_dir=str(tmp_path / "data"), batch_size=8, val_size=25)
+    config = classification.ImageConfig(data_dir=str(tmp_path / "data"), batch_size=8, val_size=25)
     with pytest.raises(ValueError, match=r"--val-size 25 leaves no full training batch of 8 .* choose 1 to 22"):
         classification.train(config, tmp_path / "run", log=lambda *_: None)
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="val_size must be an integer >= 1, got 0"):  # refused where it enters
-        classification.CifarConfig(val_size=0)
-    big = classification.CifarConfig(data_dir=str(tmp_path / "data"), batch_size=100000, val_size=2)
+        classification.ImageConfig(val_size=0)
+    big = classification.ImageConfig(data_dir=str(tmp_path / "data"), batch_size=100000, val_size=2)
     with pytest.raises(ValueError, match="--batch-size 100000 exceeds the 30 training images .* choose 1 to 28"):
         classification.train(big, tmp_path / "run", log=lambda *_: None)
 

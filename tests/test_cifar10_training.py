@@ -24,13 +24,13 @@ def tiny_cifar(tmp_path):
 
 
 def _config(data_dir, epochs):
-    return classification.CifarConfig(model="mobilenet_v1", width_multiplier=0.25, data_dir=str(data_dir),
+    return classification.ImageConfig(model="mobilenet_v1", width_multiplier=0.25, data_dir=str(data_dir),
                                       epochs=epochs, batch_size=8, val_size=8,
                                       optimizer=engine.OptimizerConfig("adam", 3e-3, "constant"))
 
 
 def _params(workdir, config):
-    state = classification._state(config, 4)
+    state = classification._state(config, 4, 10)
     state, _ = checkpoint.restore(workdir, state)
     return traverse_util.flatten_dict(state.params)
 
@@ -117,8 +117,8 @@ def test_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_c
 
     real_step = engine.train_step
 
-    def poisoned(state, images, labels, label_smoothing=0.0):  # the loss turns NaN from step 5 on
-        new_state, metrics = real_step(state, images, labels, label_smoothing)
+    def poisoned(state, images, labels, label_smoothing=0.0, **options):  # the loss turns NaN from step 5 on
+        new_state, metrics = real_step(state, images, labels, label_smoothing, **options)
         return new_state, {**metrics, "loss": jnp.where(state.step >= 5, jnp.nan, metrics["loss"])}
 
     monkeypatch.setattr(engine, "train_step", poisoned)

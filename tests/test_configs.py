@@ -14,19 +14,19 @@ def test_every_config_loads_and_its_docstring_is_the_command(name):
 
     module = importlib.import_module(f"lightnets_jax.configs.{name}")
     config = configs.load(name)
-    assert isinstance(config, (hyperspectral.HSIConfig, classification.CifarConfig))
+    assert isinstance(config, (hyperspectral.HSIConfig, classification.ImageConfig))
     assert f"--config {name}" in module.__doc__ and "lightnets train" in module.__doc__
 
 
 def test_recipes_are_the_config_files():
-    assert configs.available() == ["cifar10", "hybridsn", "hybridsn_note"]
+    assert configs.available() == ["cifar10", "finetune", "hybridsn", "hybridsn_note"]
     default, note = hyperspectral.make_config("default"), hyperspectral.make_config("note")
     assert (default.recipe, default.epochs, default.batch_size, default.init_scheme) == ("default", 30, 64, "glorot")
     assert default.optimizer.schedule == "onecycle"
     assert (note.recipe, note.epochs, note.batch_size, note.init_scheme) == ("note", 100, 128, "torch")
     assert note.optimizer.schedule == "constant"
     # What CIFAR-10 runs used before the config file existed: old workdirs still --resume.
-    assert configs.load("cifar10") == classification.CifarConfig()
+    assert configs.load("cifar10") == classification.ImageConfig()
 
 
 def test_flags_override_a_config_and_none_keeps_it():

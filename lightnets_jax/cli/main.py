@@ -1,4 +1,4 @@
-"""The ``lightnets`` command: train, evaluate, predict, report, export, summary, bench."""
+"""The ``lightnets`` command: train, evaluate, predict, classify, report, export, summary, bench."""
 
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ def _train(args) -> int:
     base = configs.load(args.config) if args.config else None
     dataset = args.dataset or spec.dataset
     if base is not None:
-        dataset = "cifar10" if isinstance(base, classification.CifarConfig) else "indian_pines"
+        dataset = base.dataset if isinstance(base, classification.ImageConfig) else "indian_pines"
         if args.dataset and args.dataset != dataset:
             raise ValueError(f"--config {args.config} is a {dataset} recipe, not --dataset {args.dataset}")
-    if dataset == "cifar10":
-        return _train_cifar(args, base or configs.load("cifar10"))
+    if dataset in ("cifar10", "folder"):
+        return _train_images(args, base or configs.load("cifar10" if dataset == "cifar10" else "finetune"))
     hyperspectral_models = models.available(models.HYPERSPECTRAL)
     if args.model not in hyperspectral_models:
         raise ValueError(f"--dataset {dataset} takes {' or '.join(hyperspectral_models)}, got {args.model!r}")
@@ -90,16 +90,20 @@ def _optimizer(base, args):
     return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
 
 
-def _train_cifar(args, base) -> int:
+def _train_images(args, base) -> int:
     from lightnets_jax import configs
     from lightnets_jax.tasks import classification
     from lightnets_jax.training.parallel import initialize_distributed
 
     initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    if base.dataset == "folder" and not args.data_dir and not args.config:
+        raise ValueError("--dataset folder needs --data-dir: a folder with one subfolder of images per class")
     config = configs.override(base, model=args.model, data_dir=args.data_dir, epochs=args.epochs,
                               batch_size=args.batch_size, seed=args.seed, label_smoothing=args.label_smoothing,
-                              val_size=args.val_size, bf16=args.bf16 or None, optimizer=_optimizer(base.optimizer, args))
-    workdir = Path(args.workdir or f"runs/{args.model}_cifar10_seed{config.seed}")
+                              val_size=args.val_size, bf16=args.bf16 or None, optimizer=_optimizer(base.optimizer, args),
+                              image_size=args.image_size, val_fraction=args.val_fraction, weights=args.weights,
+                              freeze_backbone=args.freeze_backbone or None, workers=args.workers)
+    workdir = Path(args.workdir or f"runs/{args.model}_{config.dataset}_seed{config.seed}")
     report = classification.train(config, workdir, resume=args.resume)
     print(f"results in {workdir}: report.json, metrics.jsonl, training_curves.png")
     print("test accuracy %.2f %% after %d epochs (%.0f s)" % (report["test_accuracy"], report["epochs"],
@@ -150,16 +154,48 @@ def _export(args) -> int:
     return 0
 
 
+def _classify(args) -> int:
+    import json
+
+    from lightnets_jax.data import images
+    from lightnets_jax.tasks import classify, load_run
+
+    run_dir = args.weights if args.weights and Path(args.weights).is_dir() else None
+    model, variables, source = _model_with_weights(args)
+    run_config = load_run(Path(run_dir))[1] if run_dir else None
+    if run_config is not None and not hasattr(run_config, "image_size"):
+        raise ValueError(f"{run_dir} is a hyperspectral run; classify takes image models (use lightnets predict)")
+    name = run_config.model if run_config is not None else args.model
+    preprocessing = classify.preprocessing_for(name, run_config)
+    if args.class_names:
+        names = list(_class_names(args.class_names))
+    elif run_dir:
+        names = list(load_run(Path(run_dir))[0].class_names(Path(run_dir), run_config))
+    elif model.num_classes == 1000:
+        names = images.imagenet_class_names()
+    else:
+        names = [f"class {k}" for k in range(model.num_classes)]
+    results = classify.classify(args.images, model, variables, preprocessing, names, top=args.top)
+    print(f"{name} ({source}); resize {preprocessing.resize}, centre crop {preprocessing.size}")
+    for result in results:
+        print(result["file"])
+        for label, probability in result["top"]:
+            print(f"  {100 * probability:6.2f} %  {label}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
 def _model_with_weights(args):
     """(model, eval variables, where the weights came from) for MODEL [--weights FILE|WORKDIR] or --workdir."""
     import jax
 
     from lightnets_jax import convert
 
-    if (args.model is None) == (args.workdir is None):
+    workdir = getattr(args, "workdir", None) or (args.weights if args.weights and Path(args.weights).is_dir() else None)
+    if args.model is None and workdir is None or args.model is not None and getattr(args, "workdir", None):
         raise ValueError("pass a MODEL (its initial weights, or --weights FILE) or --workdir W (a trained run's), "
                          "not both or neither")
-    workdir = args.workdir or (args.weights if args.weights and Path(args.weights).is_dir() else None)
     if workdir:
         model, variables, epoch = _trained(Path(workdir))
         if args.model and models.spec(args.model).build is not type(model):
@@ -234,8 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "'default' = --config hybridsn (ours, see README)")
     train.add_argument("--workdir", help="where checkpoints and reports go (default runs/MODEL_SCENE_seedN)")
     train.add_argument("--resume", action="store_true", help="continue the run in --workdir")
-    train.add_argument("--dataset", choices=["cifar10", "indian_pines"],
-                       help="default: indian_pines for HybridSN, cifar10 for the MobileNets")
+    train.add_argument("--dataset", choices=["cifar10", "indian_pines", "folder"],
+                       help="default: indian_pines for HybridSN, cifar10 for the MobileNets; folder: --data-dir "
+                       "holds one subfolder of images per class (or train/ and val/ folders of them)")
     train.add_argument("--epochs", type=POSITIVE_INT)
     train.add_argument("--batch-size", type=POSITIVE_INT)
     train.add_argument("--lr", type=argument(float, low=0, low_open=True))
@@ -249,7 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init", choices=["torch", "glorot"], help="weight initialization")
     train.add_argument("--seed", type=argument(low=0), help="initialization, dropout and shuffling seed")
     train.add_argument("--data-dir", help="CIFAR-10: folder with cifar-10-batches-py/ (or $LIGHTNETS_CIFAR10_DIR); "
-                       "hyperspectral: folder with the scene's usual .mat files")
+                       "hyperspectral: folder with the scene's usual .mat files; folder: the image folder")
+    folder = train.add_argument_group("fine-tuning on an image folder (--dataset folder, --config finetune)")
+    folder.add_argument("--weights", help="starting weights: a .safetensors/.pth file (the note's, torchvision's or "
+                        "timm's layout; the head is replaced when the class count differs) or a training workdir")
+    folder.add_argument("--freeze-backbone", action="store_true", help="train the classifier only (BatchNorm frozen too)")
+    folder.add_argument("--image-size", type=POSITIVE_INT, help="crop side the model sees (default 224)")
+    folder.add_argument("--val-fraction", type=argument(float, low=0, high=1, low_open=True, high_open=True),
+                        help="share of each class held out when there is no val/ folder (default 0.2)")
+    folder.add_argument("--workers", type=POSITIVE_INT, help="threads decoding images (default 4)")
     repeat = train.add_argument_group("repeated runs (HybridSN): W/seed_K/ each, then W/summary.md")
     repeat.add_argument("--repeats", type=POSITIVE_INT, help="seeds 0 to N-1")
     repeat.add_argument("--seeds", help="seeds as ranges and lists, e.g. 0-9 or 0,3,7")
@@ -318,6 +363,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--seed", type=argument(low=0), default=0, help="initialization seed, with MODEL")
     export.add_argument("--batch-size", type=POSITIVE_INT, help="a fixed batch size (default: any)")
     export.set_defaults(func=_export)
+
+    classify = sub.add_parser("classify", help="top-5 classes of image files (ImageNet weights or a trained run)")
+    classify.add_argument("images", nargs="+", help="JPEG/PNG files")
+    classify.add_argument("--model", help=f"an image model ({', '.join(models.available(models.IMAGE))}); "
+                          "not needed with --weights WORKDIR")
+    classify.add_argument("--weights", help="a .safetensors/.pth file (torchvision's, timm's or the note's layout) "
+                          "or a training workdir; without it, initial weights")
+    classify.add_argument("--options", help="model options as JSON, e.g. '{\"width_multiplier\": 0.5}'")
+    classify.add_argument("--seed", type=argument(low=0), default=0, help="initialization seed, without --weights")
+    classify.add_argument("--class-names", help="a text file, one class name a line (default: ImageNet's for "
+                          "1000 classes, a run's own)")
+    classify.add_argument("--top", type=POSITIVE_INT, default=5)
+    classify.add_argument("--json", help="also write the results to this file")
+    classify.set_defaults(func=_classify)
 
     summary = sub.add_parser("summary", help="layer table: output shapes, parameters, multiply-adds")
     summary.add_argument("model")

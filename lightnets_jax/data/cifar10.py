@@ -167,7 +167,9 @@ def _checked(train_x, train_y, test_x, test_y, source: str) -> Cifar10:
 
 def normalize(images: np.ndarray) -> np.ndarray:
     """uint8 NHWC → float32, the note's ToTensor + Normalize."""
-    return ((images.astype(np.float32) / 255.0 - np.asarray(MEAN, np.float32)) / np.asarray(STD, np.float32))
+    from lightnets_jax.data.images import normalize as standardize
+
+    return standardize(images, MEAN, STD)
 
 
 def random_crop_flip(images: np.ndarray, rng: np.random.Generator, padding: int = 4) -> np.ndarray:

@@ -18,4 +18,4 @@ def load_run(workdir: Path):
         return task, task.HSIConfig.from_json(payload)
     from lightnets_jax.tasks import classification as task
 
-    return task, task.CifarConfig.from_json(payload)
+    return task, task.ImageConfig.from_json(payload)

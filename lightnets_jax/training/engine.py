@@ -95,15 +95,22 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
     return optax.softmax_cross_entropy(logits, targets).mean()
 
 
-def train_step(state: TrainState, images: jax.Array, labels: jax.Array, label_smoothing: float = 0.0):
-    """One optimizer step; returns the new state and {loss, accuracy} of the batch."""
+def train_step(state: TrainState, images: jax.Array, labels: jax.Array, label_smoothing: float = 0.0,
+               update_batch_stats: bool = True):
+    """One optimizer step; returns the new state and {loss, accuracy} of the batch.
+
+    ``update_batch_stats=False`` runs BatchNorm on its running statistics and keeps them (a frozen
+    backbone), in eval mode throughout (no dropout either).
+    """
     dropout_key = jax.random.fold_in(state.dropout_key, state.step)
 
     def loss_fn(params):
-        logits, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats}, images, train=True,
-            mutable=["batch_stats"], rngs={"dropout": dropout_key},
-        )
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        if not update_batch_stats:
+            logits = state.apply_fn(variables, images, train=False, rngs={"dropout": dropout_key})
+            return cross_entropy(logits, labels, label_smoothing), (logits, {})
+        logits, updates = state.apply_fn(variables, images, train=True, mutable=["batch_stats"],
+                                         rngs={"dropout": dropout_key})
         return cross_entropy(logits, labels, label_smoothing), (logits, updates)
 
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
