@@ -166,8 +166,11 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"no weights file {path}" + (" (it is a folder)" if path.is_dir() else ""))
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
+        try:
+            from safetensors import SafetensorError
+            from safetensors.numpy import load_file
+        except ImportError as err:
+            raise ImportError(f"reading {path} needs safetensors: pip install 'lightnets_jax[weights]'") from err
 
         try:
             return load_file(str(path))

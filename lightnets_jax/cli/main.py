@@ -160,17 +160,17 @@ def _classify(args) -> int:
     from lightnets_jax.data import images
     from lightnets_jax.tasks import classify, load_run
 
-    run_dir = args.weights if args.weights and Path(args.weights).is_dir() else None
-    model, variables, source = _model_with_weights(args)
-    run_config = load_run(Path(run_dir))[1] if run_dir else None
+    run_dir = Path(args.weights) if args.weights and Path(args.weights).is_dir() else None
+    task, run_config = load_run(run_dir) if run_dir else (None, None)
     if run_config is not None and not hasattr(run_config, "image_size"):
         raise ValueError(f"{run_dir} is a hyperspectral run; classify takes image models (use lightnets predict)")
+    model, variables, source = _model_with_weights(args)
     name = run_config.model if run_config is not None else args.model
     preprocessing = classify.preprocessing_for(name, run_config)
     if args.class_names:
         names = list(_class_names(args.class_names))
     elif run_dir:
-        names = list(load_run(Path(run_dir))[0].class_names(Path(run_dir), run_config))
+        names = list(task.class_names(run_dir, run_config))
     elif model.num_classes == 1000:
         names = images.imagenet_class_names()
     else:

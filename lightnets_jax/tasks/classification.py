@@ -149,10 +149,8 @@ def class_names(workdir: Path, config: ImageConfig) -> tuple[str, ...]:
 
 
 def _model(config: ImageConfig, num_classes: int):
-    spec = models.spec(config.model)
-    size = {"input_size": config.image_size} if config.dataset == "folder" and spec.mean is None else {}
     return models.create(config.model, width_multiplier=config.width_multiplier, num_classes=num_classes,
-                         dtype=jnp.bfloat16 if config.bf16 else None, **size)
+                         dtype=jnp.bfloat16 if config.bf16 else None)
 
 
 def _optimizer(config: ImageConfig, steps_per_epoch: int):
