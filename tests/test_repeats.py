@@ -17,7 +17,7 @@ from tests.support import write_tiny_scene
 def _report(seed, oa, aa, kappa, per_class):
     return {"overall_accuracy": oa, "average_accuracy": aa, "kappa": kappa, "per_class_accuracy": per_class,
             "train_wall_seconds": 10.0 + seed, "predict_seconds": 1.0, "class_names": ["a", "b", "c"],
-            "split": {"method": "stratified"}, "config": {"model": "hybridsn", "recipe": "default",
+            "split": {"method": f"stratified(test_ratio=0.9, seed={345 + seed})"}, "config": {"model": "hybridsn", "recipe": "default",
                                                           "scene": "toy", "epochs": 3, "seed": seed}}
 
 
@@ -45,8 +45,9 @@ def test_report_puts_folders_side_by_side(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path / "many"), str(tmp_path / "one")]) == 0
     table = capsys.readouterr().out
     assert "| OA | 98.50 ± 0.71 | 97.00 |" in table and "| b | 3.00 ± 1.41 | absent |" in table
+    assert "| split | stratified(test_ratio=0.9) | stratified(test_ratio=0.9) |" in table  # the protocol, not the seeds
     assert cli.main(["report", str(tmp_path / "one"), "--csv"]) == 0
-    assert capsys.readouterr().out.splitlines()[1] == "OA,97.00"
+    assert capsys.readouterr().out.splitlines()[1:4] == ["split,stratified(test_ratio=0.9)", "epochs,3", "OA,97.00"]
     assert cli.main(["report", str(tmp_path / "nothing")]) == 2
 
 

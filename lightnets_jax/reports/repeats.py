@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -72,11 +73,17 @@ def load(folder: Path) -> dict:
     raise FileNotFoundError(f"{folder} holds neither summary.json (lightnets train --repeats) nor report.json")
 
 
+def protocols(summary: dict) -> list[str]:
+    """The split methods of a summary without their seeds: the protocol its runs share."""
+    return sorted({re.sub(r",? ?seed=\d+", "", method) for method in summary["splits"]})
+
+
 def side_by_side(folders: list[Path], fmt: str = "markdown") -> str:
     """Several runs or repeat folders as one table: a column each, scores and classes as rows."""
     summaries = [load(f) for f in folders]
     headers = [f"{s['model']} {s['recipe']} ({Path(f).name}, n={s['runs']})" for s, f in zip(summaries, folders)]
-    rows = [[label] + [_cell(s["scores"][key]) for s in summaries] for label, key in SCORES + TIMES]
+    rows = [["split"] + [" / ".join(protocols(s)) for s in summaries], ["epochs"] + [str(s["epochs"]) for s in summaries]]
+    rows += [[label] + [_cell(s["scores"][key]) for s in summaries] for label, key in SCORES + TIMES]
     classes = list(summaries[0]["per_class"])
     rows += [[name] + [_cell(s["per_class"][name]) if name in s["per_class"] else "" for s in summaries]
              for name in classes]
