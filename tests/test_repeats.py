@@ -91,3 +91,21 @@ def test_a_killed_repeat_run_resumes_skipping_finished_seeds_and_seeds_repeat_ex
         assert again[key] == first[key], key  # one seed, the same run
     assert summary["runs"] == 2 and (tmp_path / "W" / "summary.md").read_text().startswith("# hybridsn on cube")
     assert first["config"]["split_seed"] == 346  # the seed moved the split (seed 0 keeps the note's 345)
+
+
+@pytest.mark.slow
+def test_seeds_run_side_by_side_one_process_per_device_as_they_would_one_after_another(tmp_path, monkeypatch):
+    write_tiny_scene(tmp_path)
+    config = hyperspectral.make_config(cube=str(tmp_path / "cube.npy"), gt=str(tmp_path / "gt.npy"), pca_components=16,
+                                       patch_size=9, test_ratio=0.5, epochs=1, batch_size=8, predict_map=False,
+                                       optimizer=OptimizerConfig("adam", 1e-3, "constant"))
+    repeats.train(config, tmp_path / "here", [0, 1], log=lambda *_: None)
+    monkeypatch.setattr(repeats, "device_slots", lambda: [{"LIGHTNETS_TEST_SLOT": "a"}, {"LIGHTNETS_TEST_SLOT": "b"}])
+    said = []
+    summary = repeats.train(config, tmp_path / "apart", [0, 1], log=said.append)
+    assert sum("(log: " in line for line in said) == 2 and summary["runs"] == 2
+    for seed in (0, 1):
+        here = json.loads((tmp_path / "here" / f"seed_{seed}" / "report.json").read_text())
+        apart = json.loads((tmp_path / "apart" / f"seed_{seed}" / "report.json").read_text())
+        assert apart["confusion_matrix"] == here["confusion_matrix"] and apart["config"] == here["config"]
+        assert (tmp_path / "apart" / f"seed_{seed}" / "train.log").read_text()

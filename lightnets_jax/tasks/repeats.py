@@ -1,12 +1,23 @@
 """Repeated HybridSN runs, one per seed, as papers report them: ``W/seed_K/`` is a normal,
 resumable run whose seed moves the initialization, the shuffling and (unless the split is fixed)
-the split; ``W/summary.json`` and ``W/summary.md`` hold mean ± std over the finished seeds."""
+the split; ``W/summary.json`` and ``W/summary.md`` hold mean ± std over the finished seeds.
+
+With several GPUs the seeds run side by side, one per device, each in its own process (its log
+in ``W/seed_K/train.log``); on a CPU they run one after another in this process.
+"""
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
+import os
+import queue
+import subprocess
+import sys
 from pathlib import Path
+
+import jax
 
 from lightnets_jax.reports import repeats as tables
 from lightnets_jax.tasks import hyperspectral
@@ -32,6 +43,16 @@ def seed_config(config: hyperspectral.HSIConfig, seed: int, fixed_split: bool) -
     return dataclasses.replace(config, seed=seed, split_seed=config.split_seed + (0 if fixed_split else seed))
 
 
+def device_slots() -> list[dict[str, str]]:
+    """One environment per local GPU, each running one seed at a time; none (run in this process,
+    one seed after another) on a CPU or a single device."""
+    if jax.default_backend() != "gpu" or jax.local_device_count() < 2:
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ordinals = visible.split(",") if visible else [str(d.local_hardware_id) for d in jax.local_devices()]
+    return [{"CUDA_VISIBLE_DEVICES": ordinal} for ordinal in ordinals[:jax.local_device_count()]]
+
+
 def train(config: hyperspectral.HSIConfig, workdir: Path, seeds: list[int], fixed_split: bool = False,
           resume: bool = False, log=print) -> dict:
     """Train every seed not finished yet (all of them unless ``resume``), then write the summary."""
@@ -39,19 +60,57 @@ def train(config: hyperspectral.HSIConfig, workdir: Path, seeds: list[int], fixe
     if not resume and workdir.exists() and any(workdir.glob("seed_*")):
         raise FileExistsError(f"{workdir} already holds repeated runs; pass --resume to finish them or choose "
                               "another --workdir")
-    reports = []
+    reports, pending = {}, []
     for seed in seeds:
         run_dir, run_config = workdir / f"seed_{seed}", seed_config(config, seed, fixed_split)
         report_path = run_dir / "report.json"
         wanted = json.loads(json.dumps(dataclasses.asdict(run_config)))  # as report.json stores it
         if report_path.is_file() and json.loads(report_path.read_text())["config"] == wanted:
             log(f"seed {seed}: finished, skipped")
-            reports.append(json.loads(report_path.read_text()))
-            continue
-        log(f"seed {seed}: training in {run_dir}")
-        reports.append(hyperspectral.train(run_config, run_dir, resume=checkpoint.latest_epoch(run_dir) is not None,
-                                           log=log))
-    summary = tables.summarize(reports, seeds)
+            reports[seed] = json.loads(report_path.read_text())
+        else:
+            pending.append((seed, run_dir, run_config))
+    slots = device_slots()
+    if len(slots) > 1 and len(pending) > 1:
+        reports.update(_side_by_side(pending, slots, log))
+    else:
+        for seed, run_dir, run_config in pending:
+            log(f"seed {seed}: training in {run_dir}")
+            reports[seed] = hyperspectral.train(run_config, run_dir,
+                                                resume=checkpoint.latest_epoch(run_dir) is not None, log=log)
+    summary = tables.summarize([reports[seed] for seed in seeds], seeds)
     checkpoint.write_json(workdir / "summary.json", summary)
     checkpoint.atomic_write(workdir / "summary.md", tables.to_markdown(summary).encode())
     return summary
+
+
+def _side_by_side(pending, slots: list[dict[str, str]], log) -> dict[int, dict]:
+    """Each pending seed in a process of its own on a free device, as many at once as devices."""
+    free: queue.Queue = queue.Queue()
+    for slot in slots:
+        free.put(slot)
+
+    def run(seed, run_dir, run_config):
+        slot = free.get()
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            log(f"seed {seed}: training in {run_dir} on {slot} (log: {run_dir / 'train.log'})")
+            resume = checkpoint.latest_epoch(run_dir) is not None
+            with open(run_dir / "train.log", "a") as out:
+                done = subprocess.run([sys.executable, "-m", "lightnets_jax.tasks.repeats", str(run_dir),
+                                       json.dumps(dataclasses.asdict(run_config)), "resume" if resume else "fresh"],
+                                      env={**os.environ, **slot}, stdout=out, stderr=subprocess.STDOUT)
+            if done.returncode != 0:
+                last = (run_dir / "train.log").read_text().strip().splitlines()[-1:] or ["(no output)"]
+                raise RuntimeError(f"seed {seed} failed (exit {done.returncode}): {last[0]}; see {run_dir / 'train.log'}")
+            return seed, json.loads((run_dir / "report.json").read_text())
+        finally:
+            free.put(slot)
+
+    with concurrent.futures.ThreadPoolExecutor(len(slots)) as pool:
+        return dict(pool.map(lambda job: run(*job), pending))
+
+
+if __name__ == "__main__":  # one seed of a side-by-side repeat run, in its own process
+    run_dir, payload, mode = sys.argv[1:4]
+    hyperspectral.train(hyperspectral.HSIConfig.from_json(json.loads(payload)), Path(run_dir), resume=mode == "resume")
