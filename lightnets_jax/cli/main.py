@@ -36,7 +36,8 @@ def _train(args) -> int:
         class_names=_class_names(args.class_names), cube=args.cube, gt=args.gt, data_dir=args.data_dir,
         cube_key=args.cube_key, gt_key=args.gt_key, pca_components=args.pca_components, pca_fit=args.pca_fit,
         patch_size=args.patch_size, split=args.split, test_ratio=args.test_ratio, per_class=args.per_class,
-        per_class_max_fraction=args.per_class_max_fraction, disjoint_block=args.block, split_seed=args.split_seed, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
+        per_class_max_fraction=args.per_class_max_fraction, disjoint_block=args.block, split_seed=args.split_seed,
+        seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
         init_scheme=args.init, optimizer=_optimizer(base.optimizer, args), predict_map=False if args.no_map else None,
         bf16=args.bf16 or None,
     )
@@ -192,10 +193,12 @@ def _model_with_weights(args):
 
     from lightnets_jax import convert
 
-    workdir = getattr(args, "workdir", None) or (args.weights if args.weights and Path(args.weights).is_dir() else None)
-    if args.model is None and workdir is None or args.model is not None and getattr(args, "workdir", None):
+    run = getattr(args, "workdir", None)  # export's --workdir
+    weights_run = args.weights if args.weights and Path(args.weights).is_dir() else None
+    if (args.model and run) or not (args.model or run or weights_run):
         raise ValueError("pass a MODEL (its initial weights, or --weights FILE) or --workdir W (a trained run's), "
                          "not both or neither")
+    workdir = run or weights_run
     if workdir:
         model, variables, epoch = _trained(Path(workdir))
         if args.model and models.spec(args.model).build is not type(model):
