@@ -12,10 +12,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import export as jax_export
 from jax.extend import core as jax_core
 
-from lightnets_jax import models
+from lightnets_jax.export.program import eval_program
 
 OPSET = 17
 _ELEMENTWISE = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min"}
@@ -27,10 +26,8 @@ def to_onnx(model, variables: dict[str, Any], batch: int | None = None):
     inputs named ``input`` and giving ``logits`` (None: any batch size)."""
     import onnx
 
-    portable = model.clone(conv_impl="reference")
-    size = jax_export.symbolic_shape("batch")[0] if batch is None else batch
-    shape = (size, *models.example_shape(portable)[1:])
-    closed = jax.make_jaxpr(lambda x: portable.apply(variables, x, train=False))(jax.ShapeDtypeStruct(shape, jnp.float32))
+    forward, spec = eval_program(model, variables, batch)
+    closed = jax.make_jaxpr(forward)(spec)
     graph = _Graph()
     names = graph.inline(closed.jaxpr, closed.consts, ["input"])
     graph.nodes.append(onnx.helper.make_node("Identity", names, ["logits"]))

@@ -8,20 +8,16 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 from jax import export as jax_export
 
-from lightnets_jax import models
+from lightnets_jax.export.program import eval_program
 
 
 def to_stablehlo(model, variables: dict[str, Any], batch: int | None = None) -> bytes:
     """The eval-mode model as a serialized ``jax.export.Exported`` taking float32 inputs of
     ``models.example_shape(model)`` with ``batch`` rows (None: any batch size)."""
-    portable = model.clone(conv_impl="reference")
-    size = jax_export.symbolic_shape("batch")[0] if batch is None else batch
-    shape = (size, *models.example_shape(portable)[1:])
-    forward = jax.jit(lambda x: portable.apply(variables, x, train=False))
-    return bytes(jax_export.export(forward)(jax.ShapeDtypeStruct(shape, jnp.float32)).serialize())
+    forward, spec = eval_program(model, variables, batch)
+    return bytes(jax_export.export(jax.jit(forward))(spec).serialize())
 
 
 def from_stablehlo(blob: bytes) -> Callable[[jax.Array], jax.Array]:
