@@ -34,6 +34,31 @@ def test_patches_gather_identically_under_jit():
     np.testing.assert_array_equal(np.asarray(on_device), hsi.gather_patches(padded, coords[:, 0], coords[:, 1], 7))
 
 
+def test_patch_symmetries_are_the_squares_flips_and_transposes():
+    import jax.numpy as jnp
+
+    cube, labels = _scene(bands=3)
+    coords, _ = hsi.labelled_pixels(labels)
+    coords = coords[:8]
+    padded = hsi.pad_cube(cube, 5)
+    plain = hsi.gather_patches(padded, coords[:, 0], coords[:, 1], 5)
+    symmetry = np.arange(8, dtype=np.int32)  # bit 0: flip rows, bit 1: flip columns, bit 2: transpose
+    expected = []
+    for patch, s in zip(plain, symmetry):
+        patch = patch[::-1] if s & 1 else patch
+        patch = patch[:, ::-1] if s & 2 else patch
+        expected.append(patch.transpose(1, 0, 2) if s & 4 else patch)
+    flipped = hsi.gather_patches(padded, coords[:, 0], coords[:, 1], 5, symmetry)
+    np.testing.assert_array_equal(flipped, np.stack(expected))
+    np.testing.assert_array_equal(flipped[:, 2, 2], plain[:, 2, 2])  # the labelled pixel stays centred
+    on_device = hsi.gather_patches(jnp.asarray(padded), jnp.asarray(coords[:, 0]), jnp.asarray(coords[:, 1]), 5,
+                                   jnp.asarray(symmetry))
+    np.testing.assert_array_equal(np.asarray(on_device), flipped)
+    draws = hsi.random_symmetries(3, 1, 4000)
+    np.testing.assert_array_equal(draws, hsi.random_symmetries(3, 1, 4000))  # a resumed epoch draws the same
+    assert set(np.unique(draws)) == set(range(8)) and not np.array_equal(draws, hsi.random_symmetries(3, 2, 4000))
+
+
 def test_stratified_split_matches_the_note_and_keeps_every_class():
     from sklearn.model_selection import train_test_split
 

@@ -68,6 +68,27 @@ def test_train_resume_and_evaluate_reproduce(scene_files, tmp_path):
     assert report["confusion_matrix"] == straight["confusion_matrix"]
 
 
+def test_flips_change_training_and_resume_exactly(scene_files, tmp_path):
+    from lightnets_jax.training import checkpoint
+
+    config = dataclasses.replace(_config(scene_files), augment="flips", predict_map=False)
+    straight = hyperspectral.train(config, tmp_path / "straight", log=lambda *_: None)
+    plain = hyperspectral.train(dataclasses.replace(config, augment="none"), tmp_path / "plain", log=lambda *_: None)
+    loss = [json.loads(line)["train_loss"] for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    plain_loss = [json.loads(line)["train_loss"] for line in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()]
+    assert loss[0] != plain_loss[0]  # the first epoch already sees flipped patches
+    del plain
+    hyperspectral.train(config, tmp_path / "resumed", log=lambda *_: None)
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "2")
+    resumed = hyperspectral.train(config, tmp_path / "resumed", resume=True, log=lambda *_: None)
+    assert checkpoint.latest_epoch(tmp_path / "resumed") == 2
+    np.testing.assert_array_equal(np.load(tmp_path / "resumed" / "test_predictions.npy"),
+                                  np.load(tmp_path / "straight" / "test_predictions.npy"))
+    assert resumed["confusion_matrix"] == straight["confusion_matrix"]
+    with pytest.raises(ValueError, match="unknown augment 'mixup'; choose one of none, flips"):
+        dataclasses.replace(config, augment="mixup")
+
+
 def test_cli_errors_are_one_line(scene_files, tmp_path, capsys):
     cube, gt = scene_files
     assert cli.main(["train", "resnet", "--workdir", str(tmp_path / "w")]) == 2
@@ -109,8 +130,10 @@ def test_cli_config_file_with_flags_over_it(scene_files, tmp_path):
     workdir = tmp_path / "note"
     assert cli.main(["train", "hybridsn", "--config", "hybridsn_note", "--cube", str(cube), "--gt", str(gt),
                      "--pca-components", "16", "--patch-size", "9", "--test-ratio", "0.5", "--epochs", "1",
-                     "--batch-size", "8", "--no-map", "--workdir", str(workdir)]) == 0
+                     "--batch-size", "8", "--no-map", "--augment", "flips", "--label-smoothing", "0.1",
+                     "--workdir", str(workdir)]) == 0
     saved = json.loads((workdir / "config.json").read_text())
     assert (saved["recipe"], saved["init_scheme"], saved["epochs"], saved["batch_size"]) == ("note", "torch", 1, 8)
+    assert (saved["augment"], saved["label_smoothing"]) == ("flips", 0.1)  # --label-smoothing used to be dropped
     assert saved["optimizer"]["schedule"] == "constant" and saved["predict_map"] is False
     assert cli.main(["train", "hybridsn", "--config", "cifar10", "--workdir", str(tmp_path / "x")]) == 2

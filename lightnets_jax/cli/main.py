@@ -10,6 +10,7 @@ from pathlib import Path
 from lightnets_jax import models, ops
 from lightnets_jax.checks import argument
 from lightnets_jax.cli import cpu_memory
+from lightnets_jax.data import hyperspectral as hsi_data
 
 POSITIVE_INT = argument(low=1)
 
@@ -37,8 +38,8 @@ def _train(args) -> int:
         cube_key=args.cube_key, gt_key=args.gt_key, pca_components=args.pca_components, pca_fit=args.pca_fit,
         patch_size=args.patch_size, split=args.split, test_ratio=args.test_ratio, per_class=args.per_class,
         per_class_max_fraction=args.per_class_max_fraction, disjoint_block=args.block, split_seed=args.split_seed,
-        seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
-        init_scheme=args.init, optimizer=_optimizer(base.optimizer, args), predict_map=False if args.no_map else None,
+        seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, label_smoothing=args.label_smoothing,
+        augment=args.augment, init_scheme=args.init, optimizer=_optimizer(base.optimizer, args), predict_map=False if args.no_map else None,
         bf16=args.bf16 or None,
     )
     if args.repeats or args.seeds:
@@ -325,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="--split per-class: take at most this share of a small class (papers use 0.5)")
     hsi.add_argument("--block", type=POSITIVE_INT, help="--split disjoint: block side in pixels (default: the patch size)")
     hsi.add_argument("--split-seed", type=argument(low=0))
+    hsi.add_argument("--augment", choices=hsi_data.AUGMENTATIONS,
+                     help="flips: each training patch flipped or transposed at random, a new draw each epoch")
     hsi.add_argument("--no-map", action="store_true", help="predict test pixels only, no full-scene map")
     train.set_defaults(func=_train)
 

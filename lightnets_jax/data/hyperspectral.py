@@ -242,16 +242,43 @@ def pad_cube(cube: np.ndarray, window: int) -> np.ndarray:
     return np.pad(cube, ((margin, margin), (margin, margin), (0, 0)))
 
 
-def gather_patches(padded, rows, cols, window: int):
+# Training-patch augmentations (``--augment``): "flips" draws one of the square's 8 symmetries.
+AUGMENTATIONS = ("none", "flips")
+
+
+def gather_patches(padded, rows, cols, window: int, symmetry=None):
     """Patches (n, window, window, B) centred on (rows, cols) of the unpadded scene.
 
     Works on NumPy arrays and, unchanged, on JAX arrays under jit: it is one advanced-index
-    gather, so only the requested patches are ever built.
+    gather, so only the requested patches are ever built. ``symmetry`` (n,) in 0..7 picks each
+    patch's flip and transpose (the square's eight symmetries, ``random_symmetries``); the centre
+    pixel stays in the centre, and the flips cost nothing beyond the gather's indices.
     """
     offsets = np.arange(window)
-    r = rows[:, None, None] + offsets[None, :, None]
-    c = cols[:, None, None] + offsets[None, None, :]
+    if symmetry is None:
+        r = rows[:, None, None] + offsets[None, :, None]
+        c = cols[:, None, None] + offsets[None, None, :]
+        return padded[r, c]
+    xp = np if isinstance(symmetry, np.ndarray) else _jnp()
+    flipped = window - 1 - offsets
+    dr = xp.where((symmetry & 1)[:, None] > 0, flipped, offsets)  # (n, window)
+    dc = xp.where((symmetry & 2)[:, None] > 0, flipped, offsets)
+    transpose = (symmetry & 4)[:, None, None] > 0
+    r = rows[:, None, None] + xp.where(transpose, dr[:, None, :], dr[:, :, None])
+    c = cols[:, None, None] + xp.where(transpose, dc[:, :, None], dc[:, None, :])
     return padded[r, c]
+
+
+def random_symmetries(seed: int, epoch: int, n: int) -> np.ndarray:
+    """Each training pixel's symmetry (0..7) for one epoch, fixed by (seed, epoch) so that a
+    resumed run draws the same ones."""
+    return np.random.default_rng([seed, epoch, 8]).integers(0, 8, n).astype(np.int32)
+
+
+def _jnp():
+    import jax.numpy as jnp
+
+    return jnp
 
 
 def labelled_pixels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

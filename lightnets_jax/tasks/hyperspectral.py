@@ -54,6 +54,7 @@ class HSIConfig:
     init_scheme: str = "torch"
     optimizer: engine.OptimizerConfig = engine.OptimizerConfig()
     label_smoothing: float = 0.0
+    augment: str = "none"  # "flips": each training patch flipped/transposed at random (8 symmetries)
     conv_impl: str = "fast"
     bf16: bool = False  # bfloat16 compute, float32 parameters
     predict_map: bool = True
@@ -75,6 +76,8 @@ class HSIConfig:
         check_range("seed", self.seed, 0, integer=True)
         check_range("split_seed", self.split_seed, 0, integer=True)
         check_range("label_smoothing", self.label_smoothing, 0, 1, high_open=True)
+        if self.augment not in hsi.AUGMENTATIONS:
+            raise ValueError(f"unknown augment {self.augment!r}; choose one of {', '.join(hsi.AUGMENTATIONS)}")
 
     @classmethod
     def from_json(cls, payload: dict) -> "HSIConfig":
@@ -203,19 +206,22 @@ def _train(config: HSIConfig, workdir: Path, resume: bool, log) -> dict:
     window = config.patch_size
 
     @functools.partial(jax.jit, donate_argnums=0)  # the old state's buffers are reused for the new one
-    def epoch_step(state, indices):
+    def epoch_step(state, indices, symmetry):
         coords, labels = train_coords[indices], train_labels[indices]
-        patches = hsi.gather_patches(padded, coords[:, 0], coords[:, 1], window)
+        patches = hsi.gather_patches(padded, coords[:, 0], coords[:, 1], window, symmetry)
         return engine.train_step(state, patches, labels, config.label_smoothing)
 
     history = records.read_history(workdir, start_epoch)
     total_loss = sum(h["train_loss"] * h["steps"] for h in history)  # the note's running sum
     for epoch in range(start_epoch, config.epochs):
         order = np.random.default_rng([config.seed, epoch]).permutation(len(split.train))
+        symmetry = (hsi.random_symmetries(config.seed, epoch, len(split.train)) if config.augment == "flips"
+                    else None)
         epoch_loss, epoch_acc, tic = [], [], time.time()
         with tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, unit="step") as bar:
             for i in bar:
-                state, m = epoch_step(state, jnp.asarray(order[i * batch:(i + 1) * batch]))
+                take = order[i * batch:(i + 1) * batch]
+                state, m = epoch_step(state, jnp.asarray(take), None if symmetry is None else jnp.asarray(symmetry[take]))
                 epoch_loss.append(m["loss"])
                 epoch_acc.append(m["accuracy"])
                 if i == steps - 1 or i % 4 == 0:
