@@ -278,3 +278,14 @@ def test_bfloat16_hybridsn_trains_on_onednn_close_to_float32():
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         assert g.dtype == jnp.float32
         np.testing.assert_allclose(g, w, rtol=0, atol=3e-2 * scale)
+
+
+def test_bfloat16_needs_avx512_in_the_cpu_flags(tmp_path):
+    # On an AVX2-only CPU oneDNN's bfloat16 call kills the process (SIGILL), so the flags decide first.
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma\n")
+    avx512 = tmp_path / "avx512"
+    avx512.write_text("flags\t\t: avx2 avx512f avx512dq avx512bw avx512vl amx_bf16\n")
+    assert not onednn.BFLOAT16_CPU_FLAGS <= onednn.cpu_flags(str(avx2))
+    assert onednn.BFLOAT16_CPU_FLAGS <= onednn.cpu_flags(str(avx512))
+    assert onednn.cpu_flags(str(tmp_path / "missing")) == frozenset()

@@ -148,9 +148,28 @@ def available(dtype: jnp.dtype = jnp.float32) -> bool:
     return config.get().onednn and _available(jnp.dtype(dtype).name)
 
 
+# oneDNN's bfloat16 kernels need AVX-512 (its "avx512_core": F, BW, VL, DQ). Without it XLA's call
+# dies of an illegal instruction instead of raising (seen on an AVX2 EPYC), so no probe may run.
+BFLOAT16_CPU_FLAGS = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq"})
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The instruction-set flags the kernel lists for this CPU (empty where there is no such file)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 @functools.cache
 def _available(dtype: str) -> bool:
     if dtype not in ("float32", "bfloat16"):
+        return False
+    if dtype == "bfloat16" and not BFLOAT16_CPU_FLAGS <= cpu_flags():
         return False
     if jax.default_backend() != "cpu":
         return False
