@@ -118,3 +118,10 @@ def test_a_trained_run_exports_to_stablehlo_that_maps_alike(run, tmp_path):
     coords = hsi.scene_pixels(*class_map.shape)
     logits = np.asarray(forward(hsi.gather_patches(padded, coords[:, 0], coords[:, 1], 9)))
     np.testing.assert_array_equal(np.argmax(logits, -1).reshape(class_map.shape), class_map)
+
+
+def test_classify_refuses_a_hyperspectral_run(run, tmp_path, capsys):
+    image = tmp_path / "x.png"
+    image.write_bytes(b"not read: the run is refused first")
+    assert cli.main(["classify", str(image), "--weights", str(run / "run")]) == 2
+    assert "is a hyperspectral run; classify takes image models (use lightnets predict)" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import typing
 from pathlib import Path
 
 from lightnets_jax import models, ops
@@ -139,7 +140,7 @@ def _export(args) -> int:
     from lightnets_jax import export
     from lightnets_jax.training import checkpoint
 
-    model, variables, source = _model_with_weights(args)
+    model, variables, source, _ = _model_with_weights(args)
     fmt = args.format or ("onnx" if args.out.endswith(".onnx") else "stablehlo")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -160,19 +161,18 @@ def _classify(args) -> int:
     import json
 
     from lightnets_jax.data import images
-    from lightnets_jax.tasks import classify, load_run
+    from lightnets_jax.tasks import classify
 
-    run_dir = Path(args.weights) if args.weights and Path(args.weights).is_dir() else None
-    task, run_config = load_run(run_dir) if run_dir else (None, None)
+    model, variables, source, run = _model_with_weights(args)
+    task, run_config = (run.task, run.config) if run else (None, None)
     if run_config is not None and not hasattr(run_config, "image_size"):
-        raise ValueError(f"{run_dir} is a hyperspectral run; classify takes image models (use lightnets predict)")
-    model, variables, source = _model_with_weights(args)
+        raise ValueError(f"{run.workdir} is a hyperspectral run; classify takes image models (use lightnets predict)")
     name = run_config.model if run_config is not None else args.model
     preprocessing = classify.preprocessing_for(name, run_config)
     if args.class_names:
         names = list(_class_names(args.class_names))
-    elif run_dir:
-        names = list(task.class_names(run_dir, run_config))
+    elif run:
+        names = list(task.class_names(run.workdir, run_config))
     elif model.num_classes == 1000:
         names = images.imagenet_class_names()
     else:
@@ -188,11 +188,19 @@ def _classify(args) -> int:
     return 0
 
 
+class _Run(typing.NamedTuple):
+    workdir: Path
+    task: object  # the task module that trained it (lightnets_jax.tasks.*)
+    config: object
+
+
 def _model_with_weights(args):
-    """(model, eval variables, where the weights came from) for MODEL [--weights FILE|WORKDIR] or --workdir."""
+    """(model, eval variables, where the weights came from, the training run or None) for MODEL
+    [--weights FILE|WORKDIR] or --workdir."""
     import jax
 
     from lightnets_jax import convert
+    from lightnets_jax.tasks import hyperspectral, load_run
 
     run = getattr(args, "workdir", None)  # export's --workdir
     weights_run = args.weights if args.weights and Path(args.weights).is_dir() else None
@@ -201,26 +209,21 @@ def _model_with_weights(args):
                          "not both or neither")
     workdir = run or weights_run
     if workdir:
-        model, variables, epoch = _trained(Path(workdir))
+        run = _Run(Path(workdir), *load_run(Path(workdir)))
+        if run.task is hyperspectral:
+            num_classes = len(run.task.class_names(run.workdir, run.config))
+            model, variables, epoch = run.task.trained_model(run.workdir, run.config, num_classes)
+        else:
+            model, variables, epoch = run.task.trained_model(run.workdir, run.config)
         if args.model and models.spec(args.model).build is not type(model):
             raise ValueError(f"{workdir} trained a {type(model).__name__}, not {args.model}")
-        return model, variables, f"{workdir}, epoch {epoch}"
+        return model, variables, f"{workdir}, epoch {epoch}", run
     options = _json_options(args.options)
     model = models.create(args.model, **options)
     if args.weights:
-        return model, convert.load(args.model, args.weights, **options), str(args.weights)
+        return model, convert.load(args.model, args.weights, **options), str(args.weights), None
     variables = model.init(jax.random.key(args.seed), jax.numpy.zeros(models.example_shape(model)), train=False)
-    return model, variables, f"initial weights, seed {args.seed}"
-
-
-def _trained(workdir: Path):
-    """(model, eval variables, epoch) of a training run's newest checkpoint that restores."""
-    from lightnets_jax.tasks import hyperspectral, load_run
-
-    task, config = load_run(workdir)
-    if task is hyperspectral:
-        return task.trained_model(workdir, config, len(task.class_names(workdir, config)))
-    return task.trained_model(workdir, config)
+    return model, variables, f"initial weights, seed {args.seed}", None
 
 
 def _json_options(text: str | None) -> dict:
