@@ -32,7 +32,7 @@ def _train(args) -> int:
     hyperspectral_models = models.available(models.HYPERSPECTRAL)
     if args.model not in hyperspectral_models:
         raise ValueError(f"--dataset {dataset} takes {' or '.join(hyperspectral_models)}, got {args.model!r}")
-    base = base or configs.load(hyperspectral.RECIPES[args.recipe])
+    base = base or configs.load(hyperspectral.recipe_config(args.recipe, args.model))
     config = configs.override(
         base, model=args.model, scene=hyperspectral.scene_name(args.name or args.scene, args.cube),
         class_names=_class_names(args.class_names), cube=args.cube, gt=args.gt, data_dir=args.data_dir,
@@ -270,11 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model and write its report")
     train.add_argument("model", help=f"one of: {', '.join(models.available())}")
-    train.add_argument("--config", help="a recipe from lightnets_jax/configs (hybridsn, hybridsn_note, cifar10) "
+    train.add_argument("--config", help="a recipe from lightnets_jax/configs (hybridsn, hybridsn_bn, hybridsn_note, cifar10) "
                        "or a .py file with get_config(); the flags below override it")
     train.add_argument("--recipe", default="default", choices=["default", "note"],
                        help="HybridSN: 'note' = --config hybridsn_note (the study note's recipe exactly); "
-                       "'default' = --config hybridsn (ours, see README)")
+                       "'default' = the model's own config, hybridsn or hybridsn_bn (ours, see README)")
     train.add_argument("--workdir", help="where checkpoints and reports go (default runs/MODEL_SCENE_seedN)")
     train.add_argument("--resume", action="store_true", help="continue the run in --workdir")
     train.add_argument("--dataset", choices=["cifar10", "indian_pines", "folder"],

@@ -1,6 +1,6 @@
 """Training recipes as small Python files, each with a ``get_config()`` that returns the run's
 typed config and a docstring that is the command running it. ``load`` takes a name from this
-folder (``hybridsn``, ``hybridsn_note``, ``cifar10``, ``finetune``) or the path of a ``.py`` file of your own."""
+folder (``hybridsn``, ``hybridsn_bn``, ``hybridsn_note``, ``cifar10``, ``finetune``) or the path of a ``.py`` file of your own."""
 
 from __future__ import annotations
 

@@ -84,19 +84,26 @@ class HSIConfig:
         return checkpoint.config_from_json(cls, payload)
 
 
-# ``--recipe`` names: the configs in lightnets_jax/configs/ they stand for.
-RECIPES = {"default": "hybridsn", "note": "hybridsn_note"}
+# ``--recipe`` names: the configs in lightnets_jax/configs/ they stand for; None: the model's own.
+RECIPES = {"default": None, "note": "hybridsn_note"}
+
+
+def recipe_config(recipe: str, model: str = "hybridsn") -> str:
+    """The config a recipe names for ``model``: the default is the model's own file
+    (``configs/hybridsn.py``, ``configs/hybridsn_bn.py``), the note's recipe is one for both."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    return RECIPES[recipe] or model
 
 
 def make_config(recipe: str = "default", **overrides) -> HSIConfig:
-    """The recipe's config (``configs/hybridsn.py`` or ``hybridsn_note.py``) with the options that
+    """The recipe's config for ``overrides["model"]`` (default hybridsn) with the options that
     are not None replaced."""
     from lightnets_jax import configs
 
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    config_name = recipe_config(recipe, overrides.get("model") or "hybridsn")
     overrides["scene"] = scene_name(overrides.get("scene"), overrides.get("cube"))
-    return configs.override(configs.load(RECIPES[recipe]), **overrides)
+    return configs.override(configs.load(config_name), **overrides)
 
 
 def scene_name(scene: str | None, cube: str | None) -> str | None:
