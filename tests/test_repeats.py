@@ -37,8 +37,10 @@ def test_summary_is_numpys_mean_and_sample_std_with_absent_classes_left_out():
 
 def test_report_puts_folders_side_by_side(tmp_path, capsys):
     (tmp_path / "many").mkdir()
-    summary = tables.summarize([_report(0, 98.0, 97.0, 97.0, [1.0, 2.0, 3.0]),
-                                _report(1, 99.0, 98.0, 98.0, [3.0, 4.0, 5.0])], [0, 1])
+    smoothed = [_report(0, 98.0, 97.0, 97.0, [1.0, 2.0, 3.0]), _report(1, 99.0, 98.0, 98.0, [3.0, 4.0, 5.0])]
+    for report in smoothed:
+        report["config"]["label_smoothing"] = 0.1
+    summary = tables.summarize(smoothed, [0, 1])
     (tmp_path / "many" / "summary.json").write_text(json.dumps(summary))
     (tmp_path / "one").mkdir()
     (tmp_path / "one" / "report.json").write_text(json.dumps(_report(4, 97.0, 96.0, 96.5, [1.0, None, 3.0])))
@@ -46,8 +48,10 @@ def test_report_puts_folders_side_by_side(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| OA | 98.50 ± 0.71 | 97.00 |" in table and "| b | 3.00 ± 1.41 | absent |" in table
     assert "| split | stratified(test_ratio=0.9) | stratified(test_ratio=0.9) |" in table  # the protocol, not the seeds
+    assert "| label smoothing | 0.1 | 0.0 |" in table  # one recipe name, two recipes: the table tells them apart
     assert cli.main(["report", str(tmp_path / "one"), "--csv"]) == 0
-    assert capsys.readouterr().out.splitlines()[1:4] == ["split,stratified(test_ratio=0.9)", "epochs,3", "OA,97.00"]
+    assert capsys.readouterr().out.splitlines()[1:5] == ["split,stratified(test_ratio=0.9)", "epochs,3",
+                                                          "label smoothing,0.0", "OA,97.00"]
     assert cli.main(["report", str(tmp_path / "nothing")]) == 2
 
 

@@ -32,7 +32,8 @@ def summarize(reports: list[dict], seeds: list[int] | None = None) -> dict:
     config = reports[0]["config"]
     return {
         "model": config["model"], "recipe": config["recipe"], "scene": config["scene"],
-        "splits": sorted({r["split"]["method"] for r in reports}), "epochs": config["epochs"], "seeds": seeds,
+        "splits": sorted({r["split"]["method"] for r in reports}), "epochs": config["epochs"],
+        "label_smoothing": config.get("label_smoothing", 0.0), "seeds": seeds,
         "runs": len(reports),
         "scores": {key: _stats([r.get(key) for r in reports]) for _, key in SCORES + TIMES},
         "per_class": {name: _stats([r["per_class_accuracy"][i] for r in reports]) for i, name in enumerate(names)},
@@ -82,7 +83,9 @@ def side_by_side(folders: list[Path], fmt: str = "markdown") -> str:
     """Several runs or repeat folders as one table: a column each, scores and classes as rows."""
     summaries = [load(f) for f in folders]
     headers = [f"{s['model']} {s['recipe']} ({Path(f).name}, n={s['runs']})" for s, f in zip(summaries, folders)]
-    rows = [["split"] + [" / ".join(protocols(s)) for s in summaries], ["epochs"] + [str(s["epochs"]) for s in summaries]]
+    rows = [["split"] + [" / ".join(protocols(s)) for s in summaries], ["epochs"] + [str(s["epochs"]) for s in summaries],
+            # the default recipe's smoothing changed (0 -> 0.1): older summaries lack the field
+            ["label smoothing"] + [str(s.get("label_smoothing", "")) for s in summaries]]
     rows += [[label] + [_cell(s["scores"][key]) for s in summaries] for label, key in SCORES + TIMES]
     classes = list(summaries[0]["per_class"])
     rows += [[name] + [_cell(s["per_class"][name]) if name in s["per_class"] else "" for s in summaries]
