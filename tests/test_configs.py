@@ -25,7 +25,7 @@ def test_recipes_are_the_config_files():
     assert default.optimizer.schedule == "onecycle" and default.label_smoothing == 0.1
     # The BatchNorm variant's default is its own file: the same recipe without the smoothing.
     bn = hyperspectral.make_config("default", model="hybridsn_bn")
-    assert bn == dataclasses.replace(default, model="hybridsn_bn", label_smoothing=0.0)
+    assert bn == dataclasses.replace(default, model="hybridsn_bn", epochs=30, label_smoothing=0.0)
     assert hyperspectral.make_config("note", model="hybridsn_bn") == dataclasses.replace(note, model="hybridsn_bn")
     assert (note.recipe, note.epochs, note.batch_size, note.init_scheme) == ("note", 100, 128, "torch")
     assert note.optimizer.schedule == "constant"
