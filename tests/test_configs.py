@@ -21,7 +21,7 @@ def test_every_config_loads_and_its_docstring_is_the_command(name):
 def test_recipes_are_the_config_files():
     assert configs.available() == ["cifar10", "finetune", "hybridsn", "hybridsn_bn", "hybridsn_note"]
     default, note = hyperspectral.make_config("default"), hyperspectral.make_config("note")
-    assert (default.recipe, default.epochs, default.batch_size, default.init_scheme) == ("default", 30, 64, "glorot")
+    assert (default.recipe, default.epochs, default.batch_size, default.init_scheme) == ("default", 20, 64, "glorot")
     assert default.optimizer.schedule == "onecycle" and default.label_smoothing == 0.1
     # The BatchNorm variant's default is its own file: the same recipe without the smoothing.
     bn = hyperspectral.make_config("default", model="hybridsn_bn")
