@@ -265,12 +265,14 @@ def _bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lightnets_jax import configs
+
     parser = argparse.ArgumentParser(prog="lightnets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a model and write its report")
     train.add_argument("model", help=f"one of: {', '.join(models.available())}")
-    train.add_argument("--config", help="a recipe from lightnets_jax/configs (hybridsn, hybridsn_bn, hybridsn_note, cifar10) "
+    train.add_argument("--config", help=f"a recipe from lightnets_jax/configs ({', '.join(configs.available())}) "
                        "or a .py file with get_config(); the flags below override it")
     train.add_argument("--recipe", default="default", choices=["default", "note"],
                        help="HybridSN: 'note' = --config hybridsn_note (the study note's recipe exactly); "

@@ -88,7 +88,7 @@ class HSIConfig:
 RECIPES = {"default": None, "note": "hybridsn_note"}
 
 
-def recipe_config(recipe: str, model: str = "hybridsn") -> str:
+def recipe_config(recipe: str, model: str) -> str:
     """The config a recipe names for ``model``: the default is the model's own file
     (``configs/hybridsn.py``, ``configs/hybridsn_bn.py``), the note's recipe is one for both."""
     if recipe not in RECIPES:
@@ -97,11 +97,11 @@ def recipe_config(recipe: str, model: str = "hybridsn") -> str:
 
 
 def make_config(recipe: str = "default", **overrides) -> HSIConfig:
-    """The recipe's config for ``overrides["model"]`` (default hybridsn) with the options that
+    """The recipe's config for ``overrides["model"]`` (default: HSIConfig's) with the options that
     are not None replaced."""
     from lightnets_jax import configs
 
-    config_name = recipe_config(recipe, overrides.get("model") or "hybridsn")
+    config_name = recipe_config(recipe, overrides.get("model") or HSIConfig.model)
     overrides["scene"] = scene_name(overrides.get("scene"), overrides.get("cube"))
     return configs.override(configs.load(config_name), **overrides)
 
