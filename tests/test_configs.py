@@ -29,6 +29,8 @@ def test_recipes_are_the_config_files():
     assert hyperspectral.make_config("note", model="hybridsn_bn") == dataclasses.replace(note, model="hybridsn_bn")
     assert (note.recipe, note.epochs, note.batch_size, note.init_scheme) == ("note", 100, 128, "torch")
     assert note.optimizer.schedule == "constant"
+    with pytest.raises(ValueError, match="unknown recipe 'paper'; choose one of default, note"):
+        hyperspectral.make_config("paper")
     # What CIFAR-10 runs used before the config file existed: old workdirs still --resume.
     assert configs.load("cifar10") == classification.ImageConfig()
 

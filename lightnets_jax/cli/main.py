@@ -32,7 +32,7 @@ def _train(args) -> int:
     hyperspectral_models = models.available(models.HYPERSPECTRAL)
     if args.model not in hyperspectral_models:
         raise ValueError(f"--dataset {dataset} takes {' or '.join(hyperspectral_models)}, got {args.model!r}")
-    base = base or configs.load(hyperspectral.recipe_config(args.recipe, args.model))
+    base = base or configs.load(configs.recipe_config(args.recipe, args.model))
     config = configs.override(
         base, model=args.model, scene=hyperspectral.scene_name(args.name or args.scene, args.cube),
         class_names=_class_names(args.class_names), cube=args.cube, gt=args.gt, data_dir=args.data_dir,
@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("model", help=f"one of: {', '.join(models.available())}")
     train.add_argument("--config", help=f"a recipe from lightnets_jax/configs ({', '.join(configs.available())}) "
                        "or a .py file with get_config(); the flags below override it")
-    train.add_argument("--recipe", default="default", choices=["default", "note"],
+    train.add_argument("--recipe", default="default", choices=list(configs.RECIPES),
                        help="HybridSN: 'note' = --config hybridsn_note (the study note's recipe exactly); "
                        "'default' = the model's own config, hybridsn or hybridsn_bn (ours, see README)")
     train.add_argument("--workdir", help="where checkpoints and reports go (default runs/MODEL_SCENE_seedN)")

@@ -11,6 +11,18 @@ from pathlib import Path
 from typing import Any
 
 
+# ``--recipe`` names: the configs in this folder they stand for; None: the model's own.
+RECIPES = {"default": None, "note": "hybridsn_note"}
+
+
+def recipe_config(recipe: str, model: str) -> str:
+    """The config a recipe names for ``model``: the default is the model's own file
+    (``hybridsn.py``, ``hybridsn_bn.py``), the note's recipe is one for both."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    return RECIPES[recipe] or model
+
+
 def available() -> list[str]:
     return sorted(p.stem for p in Path(__file__).parent.glob("*.py") if not p.stem.startswith("_"))
 

@@ -84,24 +84,12 @@ class HSIConfig:
         return checkpoint.config_from_json(cls, payload)
 
 
-# ``--recipe`` names: the configs in lightnets_jax/configs/ they stand for; None: the model's own.
-RECIPES = {"default": None, "note": "hybridsn_note"}
-
-
-def recipe_config(recipe: str, model: str) -> str:
-    """The config a recipe names for ``model``: the default is the model's own file
-    (``configs/hybridsn.py``, ``configs/hybridsn_bn.py``), the note's recipe is one for both."""
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    return RECIPES[recipe] or model
-
-
 def make_config(recipe: str = "default", **overrides) -> HSIConfig:
     """The recipe's config for ``overrides["model"]`` (default: HSIConfig's) with the options that
     are not None replaced."""
     from lightnets_jax import configs
 
-    config_name = recipe_config(recipe, overrides.get("model") or HSIConfig.model)
+    config_name = configs.recipe_config(recipe, overrides.get("model") or HSIConfig.model)
     overrides["scene"] = scene_name(overrides.get("scene"), overrides.get("cube"))
     return configs.override(configs.load(config_name), **overrides)
 
