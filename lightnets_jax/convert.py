@@ -143,7 +143,7 @@ def _fresh_head(name, expected, misshapen, converted, seed, options) -> dict:
     if not misshapen or set(misshapen) - head:
         return {}
     model = models.create(name, **options)
-    variables = model.init(jax.random.key(seed), jnp.zeros(models.example_shape(model)), train=False)
+    variables = models.init(model, jax.random.key(seed))
     fresh = {path: value for path, value in traverse_util.flatten_dict(dict(variables)).items() if path in head}
     for path in head:
         misshapen.pop(path, None)

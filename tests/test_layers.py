@@ -75,3 +75,26 @@ def test_batch_norm_relu_matches_autodiff_of_batch_norm_then_relu(shape):
     eval_mode = layers.BatchNorm(True, relu=True).apply({"params": params, "batch_stats": stats}, x)
     np.testing.assert_array_equal(eval_mode, jax.nn.relu(layers.BatchNorm(True).apply(
         {"params": params, "batch_stats": stats}, x)))
+
+
+@pytest.mark.parametrize("shape", [(7,), (256, 10), (3, 3, 3, 32), (7, 3, 3, 1, 8)])
+def test_initializers_drawn_flat_give_jaxs_numbers(shape):
+    # The layers draw over the flattened shape (fast to compile); the numbers must be the ones
+    # jax.random.uniform and nn.initializers.glorot_uniform give for the shape itself.
+    key = jax.random.key(3)
+    expected = jax.random.uniform(key, shape, jnp.float32, -0.2, 0.2)
+    np.testing.assert_array_equal(layers.kernel_init("torch", 25)(key, shape), expected)
+    if len(shape) > 1:
+        np.testing.assert_array_equal(layers.kernel_init("glorot", 0)(key, shape),
+                                      jax.nn.initializers.glorot_uniform()(key, shape))
+
+
+def test_models_init_is_eager_init_compiled():
+    from lightnets_jax import models
+
+    model = models.create("hybridsn_bn", patch_size=11, bands=16, init_scheme="glorot")
+    compiled = models.init(model, jax.random.key(5))
+    eager = model.init(jax.random.key(5), jnp.zeros(models.example_shape(model)), train=False)
+    assert jax.tree.structure(compiled) == jax.tree.structure(eager)
+    for a, b in zip(jax.tree.leaves(compiled), jax.tree.leaves(eager)):
+        np.testing.assert_array_equal(a, b)

@@ -222,7 +222,7 @@ def _model_with_weights(args):
     model = models.create(args.model, **options)
     if args.weights:
         return model, convert.load(args.model, args.weights, **options), str(args.weights), None
-    variables = model.init(jax.random.key(args.seed), jax.numpy.zeros(models.example_shape(model)), train=False)
+    variables = models.init(model, jax.random.key(args.seed))
     return model, variables, f"initial weights, seed {args.seed}", None
 
 

@@ -9,9 +9,12 @@ mode needs ``mutable=["batch_stats"]`` (BatchNorm models) and ``rngs={"dropout":
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from lightnets_jax import ops
 from lightnets_jax.checks import check_range
@@ -130,5 +133,17 @@ def example_shape(model: nn.Module | str, batch: int = 1) -> tuple[int, ...]:
     raise TypeError(f"{type(model).__name__} is not a registered model class")
 
 
-__all__ = ["available", "create", "describe", "example_shape", "spec", "ModelSpec", "MobileNetV1", "MobileNetV2",
+def init(model: nn.Module, key: jax.Array, shape: tuple[int, ...] | None = None) -> dict:
+    """``model.init`` in eval mode on zeros of ``shape`` (default ``example_shape(model)``): the
+    same variables, but compiled as one program, where XLA drops the forward pass that eager init
+    runs op by op, and compiled once for equal models (a model is a static argument)."""
+    return _init(model, key, tuple(shape or example_shape(model)))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _init(model: nn.Module, key: jax.Array, shape: tuple[int, ...]) -> dict:
+    return model.init(key, jnp.zeros(shape), train=False)
+
+
+__all__ = ["available", "create", "describe", "example_shape", "init", "spec", "ModelSpec", "MobileNetV1", "MobileNetV2",
            "HybridSN"]

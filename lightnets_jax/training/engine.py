@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
+from lightnets_jax import models
 from lightnets_jax.checks import check_range
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -80,7 +81,7 @@ def make_optimizer(config: OptimizerConfig, epochs: int, steps_per_epoch: int) -
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, example: jax.Array, seed: int) -> TrainState:
     # Raw uint32 keys (not typed keys) so the state serializes into checkpoints as plain arrays.
     init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
-    variables = model.init(init_key, example, train=False)
+    variables = models.init(model, init_key, example.shape)
     return TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
