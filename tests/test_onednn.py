@@ -289,3 +289,18 @@ def test_bfloat16_needs_avx512_in_the_cpu_flags(tmp_path):
     assert not onednn.BFLOAT16_CPU_FLAGS <= onednn.cpu_flags(str(avx2))
     assert onednn.BFLOAT16_CPU_FLAGS <= onednn.cpu_flags(str(avx512))
     assert onednn.cpu_flags(str(tmp_path / "missing")) == frozenset()
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the warning is about CPUs")
+@pytest.mark.parametrize("flags, warns", [({"avx2", "fma"}, True), ({"avx512f", "amx_bf16"}, False),
+                                          ({"avx512f", "avx512_bf16"}, False)])
+def test_bfloat16_on_a_cpu_without_native_bfloat16_warns_it_is_slower(monkeypatch, flags, warns):
+    import warnings
+
+    monkeypatch.setattr(onednn, "cpu_flags", lambda: frozenset(flags))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config.choose_impl("reference", jnp.bfloat16)
+        config.choose_impl("reference", jnp.float32)
+    slow = [w for w in caught if "leave out --bf16" in str(w.message)]
+    assert len(slow) == (1 if warns else 0)

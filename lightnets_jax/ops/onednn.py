@@ -153,6 +153,10 @@ def available(dtype: jnp.dtype = jnp.float32) -> bool:
 BFLOAT16_CPU_FLAGS = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq"})
 
 
+# Where bfloat16 arithmetic is native; elsewhere it is emulated and slower than float32.
+NATIVE_BFLOAT16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+
+
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
     """The instruction-set flags the kernel lists for this CPU (empty where there is no such file)."""
     try:
