@@ -59,6 +59,8 @@ def test_seeds_are_parsed_and_move_the_split_unless_fixed():
     assert repeats.parse_seeds("0-2,5") == [0, 1, 2, 5]
     with pytest.raises(ValueError, match="such as 0-9 or 0,3,7, got 'a-b'"):
         repeats.parse_seeds("a-b")
+    with pytest.raises(ValueError, match="range 3-1 runs downwards; write 1-3"):
+        repeats.parse_seeds("0,3-1")
     config = hyperspectral.make_config()
     assert repeats.seed_config(config, 3, False).split_seed == config.split_seed + 3
     assert repeats.seed_config(config, 3, True).split_seed == config.split_seed

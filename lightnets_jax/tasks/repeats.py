@@ -27,12 +27,15 @@ from lightnets_jax.training import checkpoint
 def parse_seeds(text: str) -> list[int]:
     """``"0-9"``, ``"0,3,7"`` or a mix (``"0-2,5"``) as a sorted list of distinct seeds."""
     seeds: set[int] = set()
-    try:
-        for part in text.split(","):
-            low, _, high = part.strip().partition("-")
-            seeds.update(range(int(low), int(high or low) + 1))
-    except ValueError:
-        raise ValueError(f"--seeds takes ranges and lists such as 0-9 or 0,3,7, got {text!r}") from None
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        try:
+            first, last = int(low), int(high or low)
+        except ValueError:
+            raise ValueError(f"--seeds takes ranges and lists such as 0-9 or 0,3,7, got {text!r}") from None
+        if last < first:
+            raise ValueError(f"--seeds range {part.strip()} runs downwards; write {last}-{first}")
+        seeds.update(range(first, last + 1))
     if not seeds or min(seeds) < 0:
         raise ValueError(f"--seeds must name seeds >= 0, got {text!r}")
     return sorted(seeds)
