@@ -149,6 +149,16 @@ def test_misleading_messages_now_say_what_is_wrong(args, message, tmp_path, caps
     assert not (tmp_path / "missing").exists() and not (tmp_path / "w").exists()  # nothing left behind
 
 
+def test_an_unwritable_output_is_one_line_naming_the_file_and_leaves_nothing(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    assert cli.main(["export", "hybridsn", "--out", str(tmp_path / "afile" / "x.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "afile" in err and err.count("\n") == 1, err
+    with pytest.raises(FileNotFoundError, match=f"cannot write {tmp_path}/gone/r.json: No such file"):
+        checkpoint.write_json(tmp_path / "gone" / "r.json", {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 def test_a_custom_scene_is_named_after_its_file_with_numbered_classes(tmp_path):
     cube, gt = write_tiny_scene(tmp_path, name="c")
     config = hyperspectral.make_config(cube=str(cube), gt=str(gt))

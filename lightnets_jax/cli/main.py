@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as err:
+    except (ValueError, TypeError, OSError, FloatingPointError) as err:  # OSError: files, permissions, disk
         print(f"lightnets: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

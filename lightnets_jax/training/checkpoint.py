@@ -11,6 +11,7 @@ Layout in the workdir: ``checkpoints/<epoch>/`` (the last ``keep``) and ``best/<
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -24,12 +25,19 @@ LATEST, BEST = "checkpoints", "best"
 
 
 def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to a hidden file beside ``path``, then rename it: readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        # Name the file the caller asked for, not the temporary one.
+        raise type(err)(err.errno, f"cannot write {path}: {err.strerror}") from err
 
 
 def write_json(path: Path, payload: Any) -> None:
