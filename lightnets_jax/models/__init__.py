@@ -145,5 +145,5 @@ def _init(model: nn.Module, key: jax.Array, shape: tuple[int, ...]) -> dict:
     return model.init(key, jnp.zeros(shape), train=False)
 
 
-__all__ = ["available", "create", "describe", "example_shape", "init", "spec", "ModelSpec", "MobileNetV1", "MobileNetV2",
-           "HybridSN"]
+__all__ = ["available", "create", "describe", "example_shape", "init", "spec", "ModelSpec", "MobileNetV1",
+           "MobileNetV2", "HybridSN"]

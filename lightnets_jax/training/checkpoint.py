@@ -36,6 +36,8 @@ def atomic_write(path: Path, data: bytes) -> None:
     except OSError as err:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+        if err.errno is None:
+            raise
         # Name the file the caller asked for, not the temporary one.
         raise type(err)(err.errno, f"cannot write {path}: {err.strerror}") from err
 
