@@ -90,6 +90,17 @@ class _Graph:
     def translate(self, name: str, args: list[str], eqn) -> str:
         params, in_avals = eqn.params, [v.aval for v in eqn.invars]
         out_shape = eqn.outvars[0].aval.shape
+        if name in ("max", "min") and (clip := _clip_bound(eqn.invars)) is not None:
+            # ReLU (max with 0) and ReLU6's min with 6 as ONNX's activations, which onnxruntime
+            # fuses into the Conv before them; Max and Min with a constant it leaves as passes.
+            index, bound = clip
+            operand = args[1 - index]
+            self.initializers = [i for i in self.initializers if i.name != args[index]]  # the literal, unused
+            if name == "max" and bound == 0:
+                return self.node("Relu", [operand])
+            bounds = [operand, "", self.constant(np.float32(bound))] if name == "min" else \
+                [operand, self.constant(np.float32(bound))]
+            return self.node("Clip", bounds)
         if name in _ELEMENTWISE:
             return self.node(_ELEMENTWISE[name], args)
         if name == "rsqrt":
@@ -151,6 +162,14 @@ class _Graph:
         mean = self.node("AveragePool", [x], kernel_shape=list(window[1:-1]), strides=list(strides[1:-1]))
         total = self.node("Mul", [mean, self.constant(np.float32(np.prod(window)))])
         return self.node("Transpose", [total], perm=[0, *range(2, rank), 1])
+
+
+def _clip_bound(invars) -> tuple[int, float] | None:
+    """(index, value) of a scalar float literal operand of a binary max or min, else None."""
+    for index, atom in enumerate(invars):
+        if isinstance(atom, jax_core.Literal) and np.ndim(atom.val) == 0 and atom.aval.dtype == jnp.float32:
+            return index, float(atom.val)
+    return None
 
 
 def _static_shape(shape) -> np.ndarray:
