@@ -138,6 +138,7 @@ def test_the_library_refuses_what_the_command_line_refuses():
 @pytest.mark.parametrize("args, message", [
     (["summary", "mobilenet_v1", "--options", '{"width_multiplier": -1}'], "width_multiplier must be a number > 0"),
     (["summary", "mobilenet_v1", "--options", "[1,2]"], "--options must be a JSON object"),
+    (["summary", "mobilenet_v2", "--options", '{"input_size": 8}'], "leaves a 1x1 map for its 4x4 average pool"),
     (["train", "hybridsn", "--resume", "--workdir", "{tmp}/missing"], "nothing to resume in"),
     (["train", "hybridsn", "--cube", "{tmp}", "--gt", "{tmp}/g.npy", "--workdir", "{tmp}/w/deeper"],
      "it is a folder; pass the file"),

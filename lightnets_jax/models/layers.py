@@ -231,3 +231,13 @@ def check_image_input(x: Array, model: str, input_size: int | None) -> None:
         expected.update({1: input_size, 2: input_size})
     hint = "image batch (N, H, W, 3)" if input_size is None else f"image batch (N, {input_size}, {input_size}, 3)"
     check_input(x, rank=4, expected=expected, model=model, hint=hint)
+
+
+def fixed_average_pool(x: Array, window: int, model: str, input_size: int) -> Array:
+    """The CIFAR networks' last ``window`` × ``window`` average pool, refusing an ``input_size``
+    their strides shrink below the window (the flattened head would have no inputs)."""
+    if x.shape[1] < window or x.shape[2] < window:
+        raise ValueError(f"{model} with input_size {input_size} leaves a {x.shape[1]}x{x.shape[2]} map for its "
+                         f"{window}x{window} average pool; pass a larger input_size, or input_size=None for global "
+                         "average pooling")
+    return nn.avg_pool(x, (window, window), strides=(window, window))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lightnets_jax.models.layers import BatchNorm, Conv, Dense, DepthwiseConv, activation, check_image_input, make_divisible
+from lightnets_jax.models.layers import (BatchNorm, Conv, Dense, DepthwiseConv, activation, check_image_input,
+                                         fixed_average_pool, make_divisible)
 
 # (output channels, depthwise stride) per separable block.
 NOTE_CFG = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (1024, 2), (1024, 1))
@@ -75,7 +76,7 @@ class MobileNetV1(nn.Module):
         for i, (planes, stride) in enumerate(self.cfg):
             out = Block(width(planes), stride, self.activation, self.conv_impl, self.dtype, name=f"layers_{i}")(out, train)
         if self.input_size is not None:
-            out = nn.avg_pool(out, (2, 2), strides=(2, 2))  # the note's F.avg_pool2d(out, 2)
+            out = fixed_average_pool(out, 2, "MobileNetV1", self.input_size)  # the note's F.avg_pool2d(out, 2)
             out = out.reshape(out.shape[0], -1)
         else:
             out = jnp.mean(out, axis=(1, 2))

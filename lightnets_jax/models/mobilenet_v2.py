@@ -12,7 +12,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lightnets_jax.models.layers import BatchNorm, Conv, Dense, DepthwiseConv, activation, check_image_input, make_divisible
+from lightnets_jax.models.layers import (BatchNorm, Conv, Dense, DepthwiseConv, activation, check_image_input,
+                                         fixed_average_pool, make_divisible)
 
 # (expansion t, output channels c, repeats n, first stride s), the note's CIFAR table.
 NOTE_CFG = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
@@ -96,7 +97,7 @@ class MobileNetV2(nn.Module):
         out = Conv(last, (1, 1), impl=self.conv_impl, dtype=self.dtype, name="conv2")(out)
         out = act(BatchNorm(not train, name="bn2")(out))
         if self.input_size is not None:
-            out = nn.avg_pool(out, (4, 4), strides=(4, 4))  # the note's F.avg_pool2d(out, 4)
+            out = fixed_average_pool(out, 4, "MobileNetV2", self.input_size)  # the note's F.avg_pool2d(out, 4)
             out = out.reshape(out.shape[0], -1)
         else:
             out = jnp.mean(out, axis=(1, 2))
