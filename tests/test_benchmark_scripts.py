@@ -90,3 +90,16 @@ def test_gemm_script_measures_every_shape_and_prints_the_hybridsn_bound(capsys):
     assert out.count("GFLOP/s") == len(module.SHAPES) + 1 and "HybridSN inference at batch 128 needs >=" in out
     with pytest.raises(SystemExit):
         module.main(["--repeats", "0"])
+
+
+@pytest.mark.slow
+def test_onnx_bench_times_our_export_against_pytorchs(capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("torch")
+    assert _load_script("bench_onnx").main(["--models", "mobilenet_v1:2", "--rounds", "1", "--steps", "1"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["model"] == "mobilenet_v1" and record["batch_size"] == 2
+    assert record["ours_onnx_images_per_s"] > 0 and record["torch_onnx_images_per_s"] > 0 and record["jax_images_per_s"] > 0
+    with pytest.raises(SystemExit):
+        _load_script("bench_onnx").main(["--models", "mobilenet_v9:2"])
+    assert "NAME:BATCH" in capsys.readouterr().err
