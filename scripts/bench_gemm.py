@@ -14,15 +14,14 @@ Usage: python scripts/bench_gemm.py [--repeats 5] [--scale 1.0]
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lightnets_jax.reports import summary
+from lightnets_jax.cli.bench import median_seconds
 from lightnets_jax.ops import config
+from lightnets_jax.reports import summary
 
 # (label, M, K, N) of HybridSN's GEMMs as the fast path runs them: config.get().unfold_chunk samples at a time
 # (unfold H,W or W; depth or row taps as extra outputs), and whole-batch references.
@@ -34,16 +33,6 @@ SHAPES = (
     ("conv3 batch", 128 * 20 * 19 * 19, 144, 96),
     ("conv4 im2col", 128 * 17 * 17, 5184, 64),
 )
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tic)
-    return statistics.median(times)
 
 
 def gemm_rates(shapes=SHAPES, repeats: int = 5, scale: float = 1.0, with_torch: bool = True) -> list[dict]:
@@ -61,10 +50,10 @@ def gemm_rates(shapes=SHAPES, repeats: int = 5, scale: float = 1.0, with_torch: 
         ja, jb = jnp.asarray(a), jnp.asarray(b)
         flops = 2 * m * k * n
         row = {"shape": label, "m": m, "k": k, "n": n,
-               "jax_gflops": flops / _median_seconds(lambda: matmul(ja, jb).block_until_ready(), repeats) / 1e9}
+               "jax_gflops": flops / median_seconds(lambda: matmul(ja, jb).block_until_ready(), repeats) / 1e9}
         if torch is not None and with_torch:
             ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-            row["torch_gflops"] = flops / _median_seconds(lambda: ta @ tb, repeats) / 1e9
+            row["torch_gflops"] = flops / median_seconds(lambda: ta @ tb, repeats) / 1e9
         rows.append(row)
     return rows
 

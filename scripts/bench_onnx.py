@@ -18,25 +18,15 @@ import argparse
 import io
 import json
 import statistics
-import time
 import warnings
 
 import jax
 import numpy as np
 
 from lightnets_jax import export, models
+from lightnets_jax.cli.bench import median_seconds
 
 DEFAULT_MODELS = ("mobilenet_v1:128", "mobilenet_v2:128", "hybridsn:64")
-
-
-def _median_seconds(fn, steps: int) -> float:
-    fn()
-    times = []
-    for _ in range(steps):
-        tic = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tic)
-    return statistics.median(times)
 
 
 def _torch_onnx(name: str, x: np.ndarray, session_options):
@@ -82,7 +72,7 @@ def measure(name: str, batch: int, rounds: int, steps: int, threads: int) -> dic
     rates = {key: [] for key in runs}
     for _ in range(rounds):
         for key, run in runs.items():
-            rates[key].append(batch / _median_seconds(run, steps))
+            rates[key].append(batch / median_seconds(run, steps))
     record = {"model": name, "batch_size": batch, "onnxruntime": ort.__version__, "threads": threads,
               **{f"{key}_images_per_s": statistics.median(values) for key, values in rates.items()}}
     if "torch_onnx" in rates:

@@ -36,6 +36,17 @@ class Timing:
         return cls(statistics.median(samples), (max(samples) - min(samples)) / 2, list(samples))
 
 
+def median_seconds(fn, repeats: int) -> float:
+    """The median wall time of ``repeats`` calls of ``fn`` after one untimed call (compiles, warms)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tic)
+    return statistics.median(times)
+
+
 # Untimed train+eval rounds before timing. The first compiles; the next let the process's heap grow
 # to what a step needs (the first steps after compiling run slower: docs/performance.md).
 WARMUP_ROUNDS = 3
