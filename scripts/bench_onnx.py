@@ -7,7 +7,8 @@ note's PyTorch module, with JAX's own eval step for scale.
 
 Each model is exported with random weights (speed does not depend on them); the two ONNX
 sessions and JAX take turns, ``--rounds`` times the median of ``--steps`` runs each, and the
-medians over the rounds are printed, one JSON line per model. Needs onnxruntime (and torch
+medians over the rounds are printed, one JSON line per model. Run as a script, the process
+takes the ``lightnets`` command's memory settings first. Needs onnxruntime (and torch
 for PyTorch's export; without it, or for a model the note has no module for, that column is
 left out).
 """
@@ -99,4 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from lightnets_jax.cli import cpu_memory
+
+    cpu_memory.restart_with_tunables()  # JAX as the ``lightnets`` command runs it (docs/performance.md, "Memory")
+    cpu_memory.use_synchronous_dispatch_if_heap_kept()
     raise SystemExit(main())
