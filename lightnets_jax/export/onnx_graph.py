@@ -77,8 +77,12 @@ class _Graph:
             return env[atom]
 
         for eqn in jaxpr.eqns:
-            args = [read(a) for a in eqn.invars]
             name = eqn.primitive.name
+            if name in ("max", "min") and (clip := _clip_bound(eqn.invars)) is not None:
+                index, bound = clip  # the literal is not read: no initializer for it
+                env[eqn.outvars[0]] = self._activation(name, read(eqn.invars[1 - index]), bound)
+                continue
+            args = [read(a) for a in eqn.invars]
             if name in _INLINED:
                 inner = eqn.params[_INLINED[name]]
                 outs = self.inline(inner.jaxpr, inner.consts, args)
@@ -90,17 +94,6 @@ class _Graph:
     def translate(self, name: str, args: list[str], eqn) -> str:
         params, in_avals = eqn.params, [v.aval for v in eqn.invars]
         out_shape = eqn.outvars[0].aval.shape
-        if name in ("max", "min") and (clip := _clip_bound(eqn.invars)) is not None:
-            # ReLU (max with 0) and ReLU6's min with 6 as ONNX's activations, which onnxruntime
-            # fuses into the Conv before them; Max and Min with a constant it leaves as passes.
-            index, bound = clip
-            operand = args[1 - index]
-            self.initializers = [i for i in self.initializers if i.name != args[index]]  # the literal, unused
-            if name == "max" and bound == 0:
-                return self.node("Relu", [operand])
-            bounds = [operand, "", self.constant(np.float32(bound))] if name == "min" else \
-                [operand, self.constant(np.float32(bound))]
-            return self.node("Clip", bounds)
         if name in _ELEMENTWISE:
             return self.node(_ELEMENTWISE[name], args)
         if name == "rsqrt":
@@ -124,6 +117,14 @@ class _Graph:
         if name == "reduce_window_sum":
             return self._window_sum(args[0], params)
         raise NotImplementedError(f"ONNX export has no translation for the JAX primitive {name!r}")
+
+    def _activation(self, name: str, operand: str, bound: float) -> str:
+        """``max``/``min`` of ``operand`` and a constant as ONNX's Relu or Clip, which onnxruntime
+        fuses into the Conv before them; Max and Min with a constant it leaves as passes."""
+        if name == "max" and bound == 0:
+            return self.node("Relu", [operand])
+        limit = self.constant(np.float32(bound))
+        return self.node("Clip", [operand, "", limit] if name == "min" else [operand, limit])
 
     def _broadcast(self, operand, in_shape, out_shape, dims) -> str:
         aligned = [1] * len(out_shape)
