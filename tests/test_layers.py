@@ -18,14 +18,15 @@ def test_depth_folded_conv_is_the_2d_conv_of_pytorchs_reshape(padding):
     # map with channel c * D + d; on oneDNN's path a 3D conv spanning the depth, bias and ReLU fused.
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((3, 5, 7, 6, 4), np.float32))
-    fast = layers.Conv(6, (3, 3), padding=padding, use_bias=True, relu=True, fold_depth=True, impl="onednn")
-    xla = layers.Conv(6, (3, 3), padding=padding, use_bias=True, relu=True, fold_depth=True, impl="reference")
+    fast = layers.Conv(6, (3, 3), padding=padding, use_bias=True, fold_depth=True, impl="onednn")
+    xla = layers.Conv(6, (3, 3), padding=padding, use_bias=True, fold_depth=True, impl="reference")
     params = fast.init(jax.random.key(0), x)["params"]
     assert params["kernel"].shape == (3, 3, 4 * 5, 6)
     folded = jnp.transpose(x, (0, 2, 3, 4, 1)).reshape(3, 7, 6, 20)
-    plain = reference.bias_relu(reference.conv(folded, params["kernel"], 1, padding), params["bias"], True)
-    np.testing.assert_allclose(xla.apply({"params": params}, x), plain, rtol=1e-5, atol=1e-5)
-    apply = lambda module: lambda x, k: module.apply({"params": {**params, "kernel": k}}, x, train=True)  # noqa: E731
+    plain = jax.nn.relu(reference.conv(folded, params["kernel"], 1, padding) + params["bias"])
+    np.testing.assert_allclose(xla.apply({"params": params}, x, activation="relu"), plain, rtol=1e-5, atol=1e-5)
+    apply = lambda module: lambda x, k: module.apply({"params": {**params, "kernel": k}}, x, train=True,  # noqa: E731
+                                                     activation="relu")
     assert_same_values_and_gradients(apply(fast), apply(xla), x, params["kernel"])
 
 
@@ -62,7 +63,8 @@ def test_batch_norm_relu_matches_autodiff_of_batch_norm_then_relu(shape):
             return (jax.nn.relu(y) if relu_after else y), updates
         return f
 
-    fused, plain = train_mode(layers.BatchNorm(False, relu=True), False), train_mode(layers.BatchNorm(False), True)
+    fused, plain = (train_mode(layers.BatchNorm(False, activation="relu", fused_relu_train=True), False),
+                     train_mode(layers.BatchNorm(False), True))
     (y_fused, stats_fused), (y_plain, stats_plain) = fused(x, params), plain(x, params)
     np.testing.assert_array_equal(y_fused, y_plain)
     for got, want in zip(jax.tree.leaves(stats_fused), jax.tree.leaves(stats_plain)):
@@ -72,7 +74,7 @@ def test_batch_norm_relu_matches_autodiff_of_batch_norm_then_relu(shape):
     grads_plain = jax.vjp(lambda x, p: plain(x, p)[0], x, params)[1](cotangent)
     for got, want in zip(jax.tree.leaves(grads_fused), jax.tree.leaves(grads_plain)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(want))))
-    eval_mode = layers.BatchNorm(True, relu=True).apply({"params": params, "batch_stats": stats}, x)
+    eval_mode = layers.BatchNorm(True, activation="relu").apply({"params": params, "batch_stats": stats}, x)
     np.testing.assert_array_equal(eval_mode, jax.nn.relu(layers.BatchNorm(True).apply(
         {"params": params, "batch_stats": stats}, x)))
 
@@ -98,3 +100,60 @@ def test_models_init_is_eager_init_compiled():
     assert jax.tree.structure(compiled) == jax.tree.structure(eager)
     for a, b in zip(jax.tree.leaves(compiled), jax.tree.leaves(eager)):
         np.testing.assert_array_equal(a, b)
+
+
+def _random_batch_norm_state(variables, rng):
+    """Parameters and running statistics far from their initial values, so a folding error shows."""
+    def perturb(path, a):
+        name = jax.tree_util.keystr(path)
+        if "var" in name:
+            return jnp.asarray(rng.uniform(0.2, 3.0, a.shape), a.dtype)
+        if "batch_stats" in name or "scale" in name or "bias" in name:
+            return a + jnp.asarray(rng.standard_normal(a.shape), a.dtype)
+        return a
+    return jax.tree_util.tree_map_with_path(perturb, variables)
+
+
+@needs_onednn
+@pytest.mark.parametrize("activation", [None, "relu", "relu6"])
+@pytest.mark.parametrize("layer", ["pointwise", "conv3x3", "depthwise_strided"])
+def test_conv_bn_folds_eval_batch_norm_and_activation_into_the_conv(layer, activation):
+    import flax.linen as nn
+
+    class ConvBN(nn.Module):
+        impl: str
+
+        @nn.compact
+        def __call__(self, x, train):
+            conv = {"pointwise": layers.Conv(8, (1, 1), impl=self.impl),
+                    "conv3x3": layers.Conv(8, (3, 3), padding=1, use_bias=True, impl=self.impl),
+                    "depthwise_strided": layers.DepthwiseConv(strides=2, impl=self.impl)}[layer]
+            return layers.conv_bn(conv, layers.BatchNorm(not train, activation=activation), x, train)
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 9, 8, 8), np.float32)) * 3
+    fast, plain = ConvBN("onednn"), ConvBN("reference")
+    variables = _random_batch_norm_state(fast.init(jax.random.key(0), x, False), rng)
+    want = plain.apply(variables, x, False)
+    np.testing.assert_allclose(fast.apply(variables, x, False), want, rtol=1e-5, atol=1e-5)
+    # One oneDNN call that adds the bias and applies the activation, nothing after it.
+    jaxpr = str(jax.make_jaxpr(lambda v, x: fast.apply(v, x, False))(variables, x))
+    assert jaxpr.count("ffi_call") == 1 and "max" not in jaxpr.split("ffi_call")[-1]
+    # Training is not folded: the same numbers as the reference, running statistics included.
+    train = lambda model: model.apply(variables, x, True, mutable=["batch_stats"])  # noqa: E731
+    for got, expected in zip(jax.tree.leaves(train(fast)), jax.tree.leaves(train(plain))):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, shape", [("mobilenet_v1", (2, 32, 32, 3)), ("mobilenet_v2_imagenet", (2, 64, 64, 3))])
+def test_mobilenets_folded_eval_equals_the_reference_eval(name, shape):
+    from lightnets_jax import models
+
+    fast, plain = models.create(name, width_multiplier=0.5), models.create(name, width_multiplier=0.5,
+                                                                         conv_impl="reference")
+    rng = np.random.default_rng(0)
+    variables = _random_batch_norm_state(models.init(fast, jax.random.key(0), shape), rng)
+    x = jnp.asarray(rng.standard_normal(shape, np.float32))
+    want = plain.apply(variables, x)
+    np.testing.assert_allclose(fast.apply(variables, x), want, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))

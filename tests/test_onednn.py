@@ -14,7 +14,7 @@ import pytest
 from jax import lax
 
 from lightnets_jax import models, ops
-from lightnets_jax.ops import config, onednn, reference
+from lightnets_jax.ops import config, epilogue, onednn, reference
 from tests.support import needs_onednn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,16 +137,21 @@ def test_input_gradient_packs_eight_channels_only():
 
 
 @needs_onednn
-@pytest.mark.parametrize("relu", [False, True])
-def test_bias_and_relu_post_ops(relu):
+@pytest.mark.parametrize("activation", [None, "relu", "relu6"])
+def test_bias_and_activation_post_ops(activation):
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((2, 7, 6, 6, 3), np.float32))
+    x = jnp.asarray(rng.standard_normal((2, 7, 6, 6, 3), np.float32)) * 2
     k = jnp.asarray(rng.standard_normal((3, 3, 3, 3, 5), np.float32))
     b = jnp.asarray(rng.standard_normal((5,), np.float32))
-    got = jax.jit(lambda x, k, b: onednn.convolution(x, k, (1, 1, 1), bias=b, relu=relu))(x, k, b)
+    got = jax.jit(lambda x, k, b: onednn.convolution(x, k, (1, 1, 1), bias=b, activation=activation))(x, k, b)
     want = lax.conv_general_dilated(x, k, (1, 1, 1), [(1, 1)] * 3, dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
-                                    precision=lax.Precision.HIGHEST) + b
-    np.testing.assert_allclose(got, jax.nn.relu(want) if relu else want, rtol=1e-4, atol=1e-4)
+                                    precision=lax.Precision.HIGHEST)
+    np.testing.assert_allclose(got, epilogue.bias_activation(want, b, activation), rtol=1e-4, atol=1e-4)
+    rows = x.reshape(-1, 3)
+    got = jax.jit(lambda a, k, b: onednn.matmul(a, k, bias=b, activation=activation))(rows, k[0, 0, 0], b)
+    want = jnp.matmul(rows, k[0, 0, 0], precision=lax.Precision.HIGHEST)
+    np.testing.assert_allclose(got, epilogue.bias_activation(want, b, activation), rtol=1e-4, atol=1e-4)
+    assert activation != "relu6" or float(jnp.max(got)) == 6.0  # the clip was reached
 
 
 @needs_onednn
@@ -227,13 +232,14 @@ def test_bfloat16_layers_match_float32_on_the_rounded_inputs(case):
     # rounding of the float32 results computed from the same (rounded) inputs.
     x_shape, k_shape, padding, conv, plain = {
         "conv3d": ((3, 7, 8, 6, 8), (3, 3, 3, 8, 16), 0,
-                   lambda x, k: ops.conv(x, k, jnp.ones(16, x.dtype), strides=1, padding=0, relu=True, impl="onednn"),
+                   lambda x, k: ops.conv(x, k, jnp.ones(16, x.dtype), strides=1, padding=0, activation="relu",
+                                         impl="onednn"),
                    lambda x, k: jax.nn.relu(reference.conv(x, k, 1, 0) + 1)),
         "depthwise": ((4, 9, 8, 16), (3, 3, 1, 16), 1,
                       lambda x, k: ops.depthwise_conv(x, k, 1, 1, "onednn"),
                       lambda x, k: reference.conv(x, k, 1, 1, groups=16)),
         "pointwise": ((4, 6, 6, 16), (1, 1, 16, 32), 0,
-                      lambda x, k: ops.conv(x, k, None, strides=1, padding=0, relu=False, impl="onednn"),
+                      lambda x, k: ops.conv(x, k, None, strides=1, padding=0, impl="onednn"),
                       lambda x, k: reference.conv(x, k, 1, 0)),
     }[case]
     rng = np.random.default_rng(0)

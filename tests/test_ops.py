@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lightnets_jax import ops
-from lightnets_jax.ops import config, conv_kernel_grad, depthwise, gemm_conv, reference
+from lightnets_jax.ops import config, conv_kernel_grad, depthwise, epilogue, gemm_conv, onednn, reference
 from tests.support import assert_same_values_and_gradients, needs_onednn, random_arrays
 
 # (input shape, kernel shape, stride, padding): one case per formulation, with ragged depth blocks
@@ -61,7 +61,7 @@ def test_onednn_conv_matches_xla_convolution_and_its_gradients(case):
     # convolutions in 3D (``conv_kernel_grad``), GEMMs in 2D.
     x_shape, k_shape, stride, padding = CASES[case]
     x, k = random_arrays(x_shape, k_shape)
-    fast = lambda x, k: ops.conv(x, k, None, strides=stride, padding=padding, relu=False, impl="onednn", train=True)  # noqa: E731
+    fast = lambda x, k: ops.conv(x, k, None, strides=stride, padding=padding, impl="onednn", train=True)  # noqa: E731
     plain = lambda x, k: reference.conv(x, k, stride, padding)  # noqa: E731
     assert_same_values_and_gradients(fast, plain, x, k)
 
@@ -133,3 +133,40 @@ def test_folded_kernel_grad_matches_autodiff_of_the_folded_2d_convolution(paddin
     expected = vjp(grad)[0]
     got = jax.jit(lambda x, grad: conv_kernel_grad.folded_kernel_grad(x, grad, k.shape, padding))(x, grad)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(expected))))
+
+
+# Bias and activation fused into oneDNN's kernels: (input shape, kernel shape, stride, padding,
+# the op with the fused epilogue, the plain op before it).
+FUSED_CASES = {
+    "conv2d": ((2, 7, 6, 5), (3, 3, 5, 8), 1, 1, "conv"),
+    "conv3d": ((2, 6, 5, 5, 3), (3, 3, 3, 3, 8), 1, 0, "conv"),
+    "pointwise_matmul": ((2, 6, 6, 8), (1, 1, 8, 16), 1, 0, "conv"),
+    "depthwise": ((2, 8, 8, 16), (3, 3, 1, 16), 1, 1, "depthwise"),
+    "depthwise_strided": ((2, 9, 8, 16), (3, 3, 1, 16), 2, 1, "depthwise"),
+}
+
+
+@needs_onednn
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+@pytest.mark.parametrize("case", sorted(FUSED_CASES))
+def test_fused_bias_and_activation_match_the_plain_epilogue_and_its_gradients(case, activation):
+    x_shape, k_shape, stride, padding, kind = FUSED_CASES[case]
+    x, k, b = random_arrays(x_shape, k_shape, k_shape[-1:])
+    x = 3 * x  # outputs on both sides of ReLU6's 6
+    groups = x_shape[-1] if kind == "depthwise" else 1
+    if kind == "depthwise":
+        fused = lambda x, k, b: ops.depthwise_conv(x, k, stride, padding, "onednn", b, activation)  # noqa: E731
+    else:
+        fused = lambda x, k, b: ops.conv(x, k, b, strides=stride, padding=padding, impl="onednn",  # noqa: E731
+                                         activation=activation)
+    plain = lambda x, k, b: epilogue.bias_activation(reference.conv(x, k, stride, padding, groups), b,  # noqa: E731
+                                                      activation)
+    text = jax.jit(fused).lower(x, k, b).compile().as_text()
+    assert onednn.POST_OPS[activation] in text and "maximum(" not in text and "minimum(" not in text
+    y_fused, vjp_fused = jax.vjp(fused, x, k, b)
+    y_plain, vjp_plain = jax.vjp(plain, x, k, b)
+    np.testing.assert_allclose(y_fused, y_plain, rtol=1e-4, atol=1e-4)
+    assert 0 < float(jnp.mean(y_plain == 0)) < 1 and (activation == "relu" or float(jnp.max(y_plain)) == 6)
+    (cotangent,) = random_arrays(y_plain.shape, seed=1)
+    for got, want in zip(vjp_fused(cotangent), vjp_plain(cotangent)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lightnets_jax.models.layers import BatchNorm, Conv, Dense, check_input
+from lightnets_jax.models.layers import BatchNorm, Conv, Dense, check_input, conv_bn
 
 # (output channels, kernel (depth, height, width)) of the three 3D convs.
 CONV3D_CFG = ((8, (7, 3, 3)), (16, (5, 3, 3)), (32, (3, 3, 3)))
@@ -70,14 +70,9 @@ class HybridSN(nn.Module):
     def _conv_bn_relu(self, features: int, kernel: tuple[int, ...], x, train: bool, name: str,
                       fold_depth: bool = False):
         # Without BatchNorm the ReLU goes into the conv (fused on oneDNN); with it, into the
-        # BatchNorm (one op in training). At inference on the CPU kernels BatchNorm folds into the
-        # conv's kernel and bias with the ReLU: one pass over the output instead of three.
-        fold = self.batch_norm and not train and self.conv_impl != "reference" and not self.is_initializing()
-        conv = Conv(features, kernel, use_bias=True, relu=not self.batch_norm or fold, init_scheme=self.init_scheme,
-                    impl=self.conv_impl, dtype=self.dtype, fold_depth=fold_depth, name=f"{name}_0")
+        # BatchNorm (one op in training), and at inference both fold into the conv (``conv_bn``).
+        conv = Conv(features, kernel, use_bias=True, init_scheme=self.init_scheme, impl=self.conv_impl,
+                    dtype=self.dtype, fold_depth=fold_depth, name=f"{name}_0")
         if not self.batch_norm:
-            return conv(x, train)
-        batch_norm = BatchNorm(not train, relu=True, name=f"{name}_1")
-        if fold:
-            return conv(x, train, affine=batch_norm.inference_affine())
-        return batch_norm(conv(x, train))
+            return conv(x, train, activation="relu")
+        return conv_bn(conv, BatchNorm(not train, activation="relu", fused_relu_train=True, name=f"{name}_1"), x, train)

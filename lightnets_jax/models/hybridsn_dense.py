@@ -36,10 +36,10 @@ def dense_logits(model: HybridSN, variables: dict[str, Any], tiles: Array) -> Ar
     side = model.patch_size - 8  # conv4's output side on one patch
     channels = out.shape[-1]
     fc1 = params["fc1"]["kernel"].reshape(channels, side, side, -1).transpose(1, 2, 0, 3)
-    out = _conv(model, out, fc1, params["fc1"]["bias"], relu=True)
-    for name, relu in (("fc2", True), ("fc3", False)):
+    out = _conv(model, out, fc1, params["fc1"]["bias"], "relu")
+    for name, activation in (("fc2", "relu"), ("fc3", None)):
         kernel = params[name]["kernel"]
-        out = _conv(model, out, kernel.reshape(1, 1, *kernel.shape), params[name]["bias"], relu=relu)
+        out = _conv(model, out, kernel.reshape(1, 1, *kernel.shape), params[name]["bias"], activation)
     return out.astype(jnp.float32)
 
 
@@ -49,10 +49,11 @@ def _conv_bn_relu(model: HybridSN, params, stats, name: str, x: Array, fold_dept
     if model.batch_norm:  # eval mode: the running statistics' affine map, folded into the conv
         norm, running = params[f"{name}_1"], stats[f"{name}_1"]
         multiplier, shift = bn.affine(norm["scale"], norm["bias"], running["mean"], running["var"], EPSILON)
-        kernel, bias = kernel * multiplier, bias * multiplier + shift
-    return _conv(model, x, kernel, bias, relu=True, fold_depth=fold_depth)
+        kernel, bias = bn.fold_into_conv(kernel, bias, multiplier, shift)
+    return _conv(model, x, kernel, bias, "relu", fold_depth=fold_depth)
 
 
-def _conv(model: HybridSN, x: Array, kernel: Array, bias: Array, relu: bool, fold_depth: bool = False) -> Array:
-    return ops.conv(x, kernel.astype(x.dtype), bias.astype(x.dtype), strides=1, padding=0, relu=relu,
+def _conv(model: HybridSN, x: Array, kernel: Array, bias: Array, activation: str | None,
+          fold_depth: bool = False) -> Array:
+    return ops.conv(x, kernel.astype(x.dtype), bias.astype(x.dtype), strides=1, padding=0, activation=activation,
                     impl=model.conv_impl, fold_depth=fold_depth)

@@ -31,15 +31,6 @@ Initializer = Callable[..., Array]
 INIT_SCHEMES = ("torch", "glorot")
 
 
-# The paper's MobileNets and timm's weights use ReLU6; the note's CIFAR networks use ReLU.
-ACTIVATIONS = {"relu": nn.relu, "relu6": nn.relu6}
-
-
-def activation(name: str):
-    _check_choice("activation", name, sorted(ACTIVATIONS))
-    return ACTIVATIONS[name]
-
-
 def _check_choice(kind: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"unknown {kind} {value!r}; choose one of {', '.join(map(repr, choices))}")
@@ -85,9 +76,9 @@ def _cast(dtype, *arrays):
 class Conv(nn.Module):
     """A 2D or 3D convolution with PyTorch's padding and initialization (channels last).
 
-    ``relu`` applies a ReLU after the bias (fused into oneDNN's convolution). A per-channel
-    ``affine`` (multiplier, shift) given to the call, e.g. a following BatchNorm's in eval mode,
-    is folded into the kernel and bias. ``fold_depth`` makes a 2D conv take a 3D feature map
+    The call's ``activation`` ("relu", "relu6") follows the bias (fused into oneDNN's kernels).
+    A per-channel ``affine`` (multiplier, shift) given to the call, e.g. a following BatchNorm's
+    in eval mode, is folded into the kernel and bias. ``fold_depth`` makes a 2D conv take a 3D feature map
     (N, D, H, W, C) as PyTorch's ``reshape(N, C * D, H, W)`` of it (HybridSN's step from 3D to
     2D): the kernel is (kh, kw, C * D, features) in that channel order.
     """
@@ -97,14 +88,14 @@ class Conv(nn.Module):
     strides: int = 1
     padding: int = 0
     use_bias: bool = False
-    relu: bool = False
     init_scheme: str = "torch"
     impl: str = "reference"
     dtype: jnp.dtype | None = None
     fold_depth: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, train: bool = False, affine: tuple[Array, Array] | None = None) -> Array:
+    def __call__(self, x: Array, train: bool = False, affine: tuple[Array, Array] | None = None,
+                 activation: str | None = None) -> Array:
         check_impl(self.impl)
         if self.fold_depth and (x.ndim != 5 or len(self.kernel_size) != 2):
             raise ValueError(f"Conv(fold_depth=True) is a 2D conv of a (N, D, H, W, C) input: got input shape "
@@ -115,15 +106,17 @@ class Conv(nn.Module):
                             (*self.kernel_size, in_features, self.features))
         bias = self.param("bias", bias_init(self.init_scheme, fan_in), (self.features,)) if self.use_bias else None
         if affine is not None:
-            multiplier, shift = affine
-            kernel, bias = kernel * multiplier, shift if bias is None else bias * multiplier + shift
+            kernel, bias = bn.fold_into_conv(kernel, bias, *affine)
         x, kernel, bias = _cast(self.dtype or x.dtype, x, kernel, bias)
-        return ops.conv(x, kernel, bias, strides=self.strides, padding=self.padding, relu=self.relu,
+        return ops.conv(x, kernel, bias, strides=self.strides, padding=self.padding, activation=activation,
                         impl=self.impl, train=train, fold_depth=self.fold_depth)
 
 
 class DepthwiseConv(nn.Module):
-    """A depthwise 2D convolution (PyTorch ``groups=in_channels``), kernel shaped (kh, kw, 1, C)."""
+    """A depthwise 2D convolution (PyTorch ``groups=in_channels``), kernel shaped (kh, kw, 1, C).
+
+    Called as :class:`Conv` is (``affine`` folded in, ``activation`` after it; ``train`` is
+    taken for the same call, the depthwise kernels do not chunk differently in training)."""
 
     kernel_size: tuple[int, int] = (3, 3)
     strides: int = 1
@@ -133,12 +126,16 @@ class DepthwiseConv(nn.Module):
     dtype: jnp.dtype | None = None
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, train: bool = False, affine: tuple[Array, Array] | None = None,
+                 activation: str | None = None) -> Array:
         check_impl(self.impl)
         kernel = self.param("kernel", kernel_init(self.init_scheme, math.prod(self.kernel_size)),
                             (*self.kernel_size, 1, x.shape[-1]))
-        x, kernel = _cast(self.dtype or x.dtype, x, kernel)
-        return ops.depthwise_conv(x, kernel, self.strides, self.padding, self.impl)
+        bias = None
+        if affine is not None:
+            kernel, bias = bn.fold_into_conv(kernel, None, *affine)
+        x, kernel, bias = _cast(self.dtype or x.dtype, x, kernel, bias)
+        return ops.depthwise_conv(x, kernel, self.strides, self.padding, self.impl, bias, activation)
 
 
 class Dense(nn.Module):
@@ -159,8 +156,10 @@ class Dense(nn.Module):
 
 
 class BatchNorm(nn.Module):
-    """``torch.nn.BatchNorm{1,2,3}d`` over the last axis, running statistics in ``batch_stats``;
-    ``relu=True`` applies a ReLU after it (in training as one fused op).
+    """``torch.nn.BatchNorm{1,2,3}d`` over the last axis, running statistics in ``batch_stats``,
+    then ``activation`` ("relu", "relu6" or None). ``fused_relu_train``: in training, BatchNorm
+    and ReLU as one op with a hand-written backward (``ops.batch_norm.batch_norm_relu``), which
+    measured faster behind HybridSN's 3D convs and slower in MobileNetV1.
 
     Train mode normalizes with the biased batch variance and folds the *unbiased* variance into
     the running estimate, exactly as PyTorch does, so converted checkpoints keep evolving alike.
@@ -170,7 +169,8 @@ class BatchNorm(nn.Module):
     use_running_average: bool
     momentum: float = 0.1
     epsilon: float = 1e-5
-    relu: bool = False
+    activation: str | None = None
+    fused_relu_train: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -181,12 +181,14 @@ class BatchNorm(nn.Module):
         running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
         if self.use_running_average:
             multiplier, shift = bn.affine(scale, bias, running_mean.value, running_var.value, self.epsilon)
-            return bn.affine_relu(x, multiplier, shift, self.relu)
-        if self.relu:
+            return bn.affine_activation(x, multiplier, shift, self.activation)
+        if self.fused_relu_train and self.activation != "relu":
+            raise ValueError(f"BatchNorm(fused_relu_train=True) fuses a ReLU; got activation={self.activation!r}")
+        if self.fused_relu_train:
             y, mean, var = bn.batch_norm_relu(x, scale, bias, self.epsilon)
             mean, var = lax.stop_gradient(mean), lax.stop_gradient(var)
         else:
-            y, mean, var = bn.batch_norm_train(x, scale, bias, self.epsilon)
+            y, mean, var = bn.batch_norm_train(x, scale, bias, self.epsilon, self.activation)
         if not self.is_initializing():
             count = math.prod(x.shape[:-1])
             unbiased = var * (count / max(count - 1, 1))
@@ -200,6 +202,16 @@ class BatchNorm(nn.Module):
         return bn.affine(self.get_variable("params", "scale"), self.get_variable("params", "bias"),
                          self.get_variable("batch_stats", "mean"), self.get_variable("batch_stats", "var"),
                          self.epsilon)
+
+
+def conv_bn(conv: Conv | DepthwiseConv, norm: BatchNorm, x: Array, train: bool) -> Array:
+    """``norm(conv(x))``, the norm's activation included. At inference on the CPU kernels the
+    BatchNorm's running affine folds into the conv's kernel and bias, and its activation into the
+    conv's kernel: one pass over the output instead of three. The ``"reference"`` implementation
+    keeps PyTorch's order of operations (the parity tests' path)."""
+    if not train and conv.impl != "reference" and not conv.parent.is_initializing():
+        return conv(x, train, affine=norm.inference_affine(), activation=norm.activation)
+    return norm(conv(x, train))
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:

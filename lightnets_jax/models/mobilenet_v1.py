@@ -11,7 +11,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lightnets_jax.models.layers import (BatchNorm, Conv, Dense, DepthwiseConv, activation, check_image_input,
+from lightnets_jax.models.layers import (BatchNorm, Conv, Dense, DepthwiseConv, check_image_input, conv_bn,
                                          fixed_average_pool, make_divisible)
 
 # (output channels, depthwise stride) per separable block.
@@ -34,11 +34,10 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        act = activation(self.activation)
-        out = DepthwiseConv(strides=self.stride, padding=1, impl=self.conv_impl, dtype=self.dtype, name="conv1")(x)
-        out = act(BatchNorm(not train, name="bn1")(out))
-        out = Conv(self.out_planes, (1, 1), impl=self.conv_impl, dtype=self.dtype, name="conv2")(out)
-        return act(BatchNorm(not train, name="bn2")(out))
+        depthwise = DepthwiseConv(strides=self.stride, padding=1, impl=self.conv_impl, dtype=self.dtype, name="conv1")
+        out = conv_bn(depthwise, BatchNorm(not train, activation=self.activation, name="bn1"), x, train)
+        pointwise = Conv(self.out_planes, (1, 1), impl=self.conv_impl, dtype=self.dtype, name="conv2")
+        return conv_bn(pointwise, BatchNorm(not train, activation=self.activation, name="bn2"), out, train)
 
 
 class MobileNetV1(nn.Module):
@@ -69,10 +68,10 @@ class MobileNetV1(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         check_image_input(x, "MobileNetV1", self.input_size)
-        act = activation(self.activation)
         width = lambda c: make_divisible(c * self.width_multiplier)
-        out = Conv(width(32), (3, 3), strides=self.stem_stride, padding=1, impl=self.conv_impl, dtype=self.dtype, name="conv1")(x, train)
-        out = act(BatchNorm(not train, name="bn1")(out))
+        stem = Conv(width(32), (3, 3), strides=self.stem_stride, padding=1, impl=self.conv_impl, dtype=self.dtype,
+                    name="conv1")
+        out = conv_bn(stem, BatchNorm(not train, activation=self.activation, name="bn1"), x, train)
         for i, (planes, stride) in enumerate(self.cfg):
             out = Block(width(planes), stride, self.activation, self.conv_impl, self.dtype, name=f"layers_{i}")(out, train)
         if self.input_size is not None:

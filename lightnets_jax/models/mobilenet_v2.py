@@ -12,7 +12,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lightnets_jax.models.layers import (BatchNorm, Conv, Dense, DepthwiseConv, activation, check_image_input,
+from lightnets_jax.models.layers import (BatchNorm, Conv, Dense, DepthwiseConv, check_image_input, conv_bn,
                                          fixed_average_pool, make_divisible)
 
 # (expansion t, output channels c, repeats n, first stride s), the note's CIFAR table.
@@ -35,24 +35,25 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        act = activation(self.activation)
+        def pointwise(features: int, name: str) -> Conv:
+            return Conv(features, (1, 1), impl=self.conv_impl, dtype=self.dtype, name=name)
+
+        def norm(name: str, activation: str | None) -> BatchNorm:
+            return BatchNorm(not train, activation=activation, name=name)
+
         in_planes = x.shape[-1]
-        planes = self.expansion * in_planes
         out = x
         if not (self.skip_unit_expansion and self.expansion == 1):
-            out = Conv(planes, (1, 1), impl=self.conv_impl, dtype=self.dtype, name="conv1")(out)
-            out = act(BatchNorm(not train, name="bn1")(out))
-        out = DepthwiseConv(strides=self.stride, padding=1, impl=self.conv_impl, dtype=self.dtype, name="conv2")(out)
-        out = act(BatchNorm(not train, name="bn2")(out))
-        out = Conv(self.out_planes, (1, 1), impl=self.conv_impl, dtype=self.dtype, name="conv3")(out)
-        out = BatchNorm(not train, name="bn3")(out)
+            out = conv_bn(pointwise(self.expansion * in_planes, "conv1"), norm("bn1", self.activation), out, train)
+        depthwise = DepthwiseConv(strides=self.stride, padding=1, impl=self.conv_impl, dtype=self.dtype, name="conv2")
+        out = conv_bn(depthwise, norm("bn2", self.activation), out, train)
+        out = conv_bn(pointwise(self.out_planes, "conv3"), norm("bn3", None), out, train)  # linear bottleneck
         if self.stride != 1:
             return out
         if in_planes == self.out_planes:
             return out + x
         if self.projection_shortcut:
-            shortcut = Conv(self.out_planes, (1, 1), impl=self.conv_impl, dtype=self.dtype, name="shortcut_0")(x)
-            return out + BatchNorm(not train, name="shortcut_1")(shortcut)
+            return out + conv_bn(pointwise(self.out_planes, "shortcut_0"), norm("shortcut_1", None), x, train)
         return out
 
 
@@ -82,10 +83,10 @@ class MobileNetV2(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         check_image_input(x, "MobileNetV2", self.input_size)
-        act = activation(self.activation)
         width = lambda c: make_divisible(c * self.width_multiplier)
-        out = Conv(width(32), (3, 3), strides=2 if self.imagenet else 1, padding=1, impl=self.conv_impl, dtype=self.dtype, name="conv1")(x, train)
-        out = act(BatchNorm(not train, name="bn1")(out))
+        stem = Conv(width(32), (3, 3), strides=2 if self.imagenet else 1, padding=1, impl=self.conv_impl,
+                    dtype=self.dtype, name="conv1")
+        out = conv_bn(stem, BatchNorm(not train, activation=self.activation, name="bn1"), x, train)
         index = 0
         for expansion, channels, repeats, first_stride in self.cfg:
             for stride in [first_stride] + [1] * (repeats - 1):
@@ -94,8 +95,8 @@ class MobileNetV2(nn.Module):
                             conv_impl=self.conv_impl, dtype=self.dtype, name=f"layers_{index}")(out, train)
                 index += 1
         last = make_divisible(1280 * max(1.0, self.width_multiplier))
-        out = Conv(last, (1, 1), impl=self.conv_impl, dtype=self.dtype, name="conv2")(out)
-        out = act(BatchNorm(not train, name="bn2")(out))
+        head = Conv(last, (1, 1), impl=self.conv_impl, dtype=self.dtype, name="conv2")
+        out = conv_bn(head, BatchNorm(not train, activation=self.activation, name="bn2"), out, train)
         if self.input_size is not None:
             out = fixed_average_pool(out, 4, "MobileNetV2", self.input_size)  # the note's F.avg_pool2d(out, 4)
             out = out.reshape(out.shape[0], -1)

@@ -1,5 +1,6 @@
 """Batch normalization over the last axis as PyTorch computes it (biased batch variance, float32
-statistics), and the train-mode BatchNorm + ReLU as one op with a hand-written backward.
+statistics), the train-mode BatchNorm + ReLU as one op with a hand-written backward, and the
+eval-mode BatchNorm folded into the convolution before it.
 
 ``batch_norm_train`` is the plain version, differentiated by autodiff; ``batch_norm_relu`` must equal
 ``relu(batch_norm_train(...))`` in values and statistics bitwise and in gradients to float rounding
@@ -14,6 +15,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from lightnets_jax.ops import epilogue
 
 Array = jax.Array
 
@@ -32,20 +35,29 @@ def affine(scale: Array, bias: Array, mean: Array, var: Array, epsilon: float) -
     return multiplier, bias - mean * multiplier
 
 
-def affine_relu(x: Array, multiplier: Array, shift: Array, relu: bool) -> Array:
+def fold_into_conv(kernel: Array, bias: Array | None, multiplier: Array, shift: Array) -> tuple[Array, Array]:
+    """The (kernel, bias) of a conv whose output is ``output * multiplier + shift`` of the conv
+    with ``kernel`` and ``bias`` (None: no bias): eval-mode BatchNorm folded into the conv before
+    it. Output channels on the kernel's last axis."""
+    return kernel * multiplier, shift if bias is None else bias * multiplier + shift
+
+
+def affine_activation(x: Array, multiplier: Array, shift: Array, activation: str | None) -> Array:
     y = (x * multiplier.astype(x.dtype) + shift.astype(x.dtype)).astype(x.dtype)
-    return jax.nn.relu(y) if relu else y
+    return epilogue.bias_activation(y, None, activation)
 
 
-def batch_norm_train(x: Array, scale: Array, bias: Array, epsilon: float, relu: bool = False) -> tuple[Array, Array, Array]:
-    """Train-mode BatchNorm (then ReLU if ``relu``): (output, batch mean, biased batch variance)."""
+def batch_norm_train(x: Array, scale: Array, bias: Array, epsilon: float,
+                     activation: str | None = None) -> tuple[Array, Array, Array]:
+    """Train-mode BatchNorm, then ``activation`` (None, "relu" or "relu6"): (output, batch mean,
+    biased batch variance)."""
     mean, var = moments(x)
-    return affine_relu(x, *affine(scale, bias, mean, var, epsilon), relu), mean, var
+    return affine_activation(x, *affine(scale, bias, mean, var, epsilon), activation), mean, var
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
 def batch_norm_relu(x: Array, scale: Array, bias: Array, epsilon: float) -> tuple[Array, Array, Array]:
-    """``batch_norm_train(x, scale, bias, epsilon, relu=True)`` with a backward that makes fewer passes
+    """``batch_norm_train(x, scale, bias, epsilon, "relu")`` with a backward that makes fewer passes
     over the activations: the ReLU mask is recomputed inside each reduction and the input gradient
     is one elementwise pass, using sum(g * x_hat) = rstd * (sum(g * x) - mean * sum(g)). The mean
     and variance are for the running statistics only: their cotangents are ignored, so callers
@@ -58,7 +70,7 @@ def _batch_norm_relu_fwd(x, scale, bias, epsilon):
     mean, var = moments(x)
     rstd = lax.rsqrt(var + epsilon)
     multiplier = scale * rstd
-    y = affine_relu(x, multiplier, bias - mean * multiplier, relu=True)
+    y = affine_activation(x, multiplier, bias - mean * multiplier, "relu")
     return (y, mean, var), (x, y, scale, mean, rstd)
 
 

@@ -3,7 +3,8 @@
 XLA's CPU backend lowers ``feature_group_count == channels`` to a slow generic kernel (jax issue
 #23713), so on CPU it runs as oneDNN's depthwise convolution (``"onednn"``) or as kh·kw shifted
 multiply-adds that XLA fuses into one loop (``"gemm"``), both with the kernel gradient summed a
-cache-sized chunk of samples at a time. Each must equal ``reference.conv(..., groups=C)``.
+cache-sized chunk of samples at a time; oneDNN's applies a bias and activation in its kernel.
+Each must equal ``reference.conv(..., groups=C)`` then ``epilogue.bias_activation``.
 """
 
 from __future__ import annotations
@@ -13,38 +14,47 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from lightnets_jax.ops import config, onednn, reference
+from lightnets_jax.ops import config, epilogue, onednn, reference
 from lightnets_jax.ops.chunks import chunk_samples, sum_over_chunks, windows
 
 Array = jax.Array
 
 
-def depthwise_conv(x: Array, kernel: Array, strides: int, padding: int, impl: str) -> Array:
-    """The depthwise convolution in implementation ``impl`` (see ``ops.config.IMPLS``)."""
-    if impl == "reference":
-        return reference.conv(x, kernel, strides, padding, groups=x.shape[-1])
+def depthwise_conv(x: Array, kernel: Array, strides: int, padding: int, impl: str, bias: Array | None = None,
+                   activation: str | None = None) -> Array:
+    """``activation(depthwise conv + bias)`` in implementation ``impl`` (see ``ops.config.IMPLS``);
+    no bias or no activation where None."""
+    epilogue.check_activation(activation)
     if impl == "onednn" and onednn.takes(x, kernel):
-        return _depthwise_onednn(x, kernel, strides, padding)
-    return depthwise_conv_shifted(x, kernel, strides, padding)
+        return _depthwise_onednn(x, kernel, bias, strides, padding, activation)
+    if impl == "reference":
+        y = reference.conv(x, kernel, strides, padding, groups=x.shape[-1])
+    else:
+        y = depthwise_conv_shifted(x, kernel, strides, padding)
+    return epilogue.bias_activation(y, bias, activation)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _depthwise_onednn(x: Array, kernel: Array, strides: int, padding: int) -> Array:
-    return onednn.convolution(x, kernel, (padding, padding), strides, groups=x.shape[-1])
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _depthwise_onednn(x: Array, kernel: Array, bias: Array | None, strides: int, padding: int,
+                      activation: str | None) -> Array:
+    return onednn.convolution(x, kernel, (padding, padding), strides, groups=x.shape[-1], bias=bias,
+                              activation=activation)
 
 
-def _depthwise_onednn_fwd(x, kernel, strides, padding):
-    return _depthwise_onednn(x, kernel, strides, padding), (x, kernel)
+def _depthwise_onednn_fwd(x, kernel, bias, strides, padding, activation):
+    y = _depthwise_onednn(x, kernel, bias, strides, padding, activation)
+    return y, (x, kernel, bias is not None, None if activation is None else y)
 
 
-def _depthwise_onednn_bwd(strides, padding, residuals, grad):
-    x, kernel = residuals
+def _depthwise_onednn_bwd(strides, padding, activation, residuals, grad):
+    x, kernel, has_bias, y = residuals
+    grad, grad_bias = epilogue.backward(grad, y, activation, has_bias)
     if strides == 1:
         grad_x = onednn.input_gradient(grad, kernel, (padding, padding), groups=x.shape[-1])
     else:  # a strided transpose would need a dilated input, which the custom call does not take
         _, input_vjp = jax.vjp(lambda x_: _depthwise_shifted(x_, kernel, strides, padding), x)
         (grad_x,) = input_vjp(grad)
-    return grad_x, _depthwise_kernel_grad(x, grad, kernel.shape, strides, padding)
+    return grad_x, _depthwise_kernel_grad(x, grad, kernel.shape, strides, padding), grad_bias
 
 
 _depthwise_onednn.defvjp(_depthwise_onednn_fwd, _depthwise_onednn_bwd)

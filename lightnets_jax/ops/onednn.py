@@ -22,17 +22,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lightnets_jax.ops import config
+from lightnets_jax.ops import config, epilogue
 
 TARGET = "__onednn$convolution"
 MATMUL_TARGET = "__onednn$matmul"
+# ``ops.epilogue``'s activations as the post-ops of oneDNN's kernels (names of XLA's proto enum).
+POST_OPS = {"relu": "RELU", "relu6": "RELU6"}
+
+
+def _post_ops(bias: jax.Array | None, activation: str | None) -> list[str]:
+    epilogue.check_activation(activation)
+    return ["BIAS"] * (bias is not None) + ([] if activation is None else [POST_OPS[activation]])
 
 
 def _config(rank: int, taps: Sequence[int], padding: Sequence[int], strides: Sequence[int], groups: int,
             post_ops: Sequence[str], dilations: Sequence[int], kernel_axes: Sequence[int]) -> str:
     """The ``BackendConfig`` JSON of a convolution over channels-last (N, *spatial, C) input and
     output and a kernel whose axes ``kernel_axes`` hold (*taps, C_in / groups, C_out), then
-    ``post_ops`` ("BIAS": add the third operand per channel, "RELU"). Axis numbers are 0-based,
+    ``post_ops`` ("BIAS": add the third operand per channel, then "RELU" or "RELU6"). Axis numbers are 0-based,
     dilations 1-based (the encoding of jaxlib 0.10's ``onednn_convolution.cc``)."""
     spatial = rank - 2
     kernel_axes = list(kernel_axes)
@@ -51,16 +58,17 @@ def _config(rank: int, taps: Sequence[int], padding: Sequence[int], strides: Seq
 
 
 def convolution(x: jax.Array, kernel: jax.Array, padding: Sequence[int], strides: int | Sequence[int] = 1,
-                groups: int = 1, bias: jax.Array | None = None, relu: bool = False,
+                groups: int = 1, bias: jax.Array | None = None, activation: str | None = None,
                 out_dtype: jnp.dtype | None = None, dilations: Sequence[int] | None = None,
                 kernel_axes: Sequence[int] | None = None) -> jax.Array:
     """Convolution of channels-last ``x`` (N, *spatial, C_in) with a (*taps, C_in / groups, C_out)
     kernel, zero-padded by ``padding[i]`` on both sides of spatial axis i, strided by ``strides``
     (one for every axis, or one per axis) and its kernel taps ``dilations[i]`` apart (default 1,
     adjacent); 1-3 spatial axes.
-    ``groups == C_in == C_out`` is a depthwise convolution. ``bias`` (C_out,) and a ``relu`` after
-    it are applied inside oneDNN's kernel, saving XLA a pass over the output. float32 or bfloat16
-    operands (oneDNN accumulates in float32); the result is ``out_dtype`` (default ``x.dtype``).
+    ``groups == C_in == C_out`` is a depthwise convolution. ``bias`` (C_out,) and an ``activation``
+    after it ("relu", "relu6") are applied inside oneDNN's kernel, saving XLA a pass over the
+    output. float32 or bfloat16 operands (oneDNN accumulates in float32); the result is
+    ``out_dtype`` (default ``x.dtype``).
 
     ``kernel_axes``: which of the kernel's axes hold (*taps, C_in / groups, C_out), for a kernel
     stored in another order. oneDNN copies every kernel into its own blocked layout anyway, so
@@ -77,8 +85,7 @@ def convolution(x: jax.Array, kernel: jax.Array, padding: Sequence[int], strides
     out_sizes = tuple((x.shape[1 + i] + 2 * padding[i] - (taps[i] - 1) * dilations[i] - 1) // strides[i] + 1
                       for i in range(spatial))
     out = jax.ShapeDtypeStruct((x.shape[0], *out_sizes, kernel.shape[kernel_axes[-1]]), out_dtype or x.dtype)
-    post_ops = ["BIAS"] * (bias is not None) + ["RELU"] * relu
-    config = _config(x.ndim, taps, padding, strides, groups, post_ops, dilations, kernel_axes)
+    config = _config(x.ndim, taps, padding, strides, groups, _post_ops(bias, activation), dilations, kernel_axes)
     call = jax.ffi.ffi_call(TARGET, out, custom_call_api_version=1, vmap_method="sequential",
                             legacy_backend_config=config)
     return call(x, kernel) if bias is None else call(x, kernel, bias)
@@ -131,15 +138,21 @@ def depth_banded(kernel: jax.Array, count: int) -> jax.Array:
 
 
 def matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: bool = False,
-           out_dtype: jnp.dtype | None = None) -> jax.Array:
-    """``a @ b`` for 2D float32 or bfloat16 arrays, by oneDNN's matmul, the result ``out_dtype``
-    (default ``a.dtype``); ``transpose_a`` / ``transpose_b`` take ``a.T`` / ``b.T`` instead (no copy)."""
+           out_dtype: jnp.dtype | None = None, bias: jax.Array | None = None,
+           activation: str | None = None) -> jax.Array:
+    """``activation(a @ b + bias)`` for 2D float32 or bfloat16 arrays, by oneDNN's matmul, the
+    result ``out_dtype`` (default ``a.dtype``); ``transpose_a`` / ``transpose_b`` take ``a.T`` /
+    ``b.T`` instead (no copy). The bias (one per column) and the activation ("relu", "relu6"),
+    when given, are applied inside oneDNN's kernel."""
     rows = a.shape[1] if transpose_a else a.shape[0]
     cols = b.shape[0] if transpose_b else b.shape[1]
     out = jax.ShapeDtypeStruct((rows, cols), out_dtype or a.dtype)
-    config = json.dumps({"onednn_matmul_config": {"transpose_a": transpose_a, "transpose_b": transpose_b}})
-    return jax.ffi.ffi_call(MATMUL_TARGET, out, custom_call_api_version=1, vmap_method="sequential",
-                            legacy_backend_config=config)(a, b)
+    config = json.dumps({"onednn_matmul_config": {"transpose_a": transpose_a, "transpose_b": transpose_b,
+                                                  "fusions": {"ops": _post_ops(bias, activation)}}})
+    call = jax.ffi.ffi_call(MATMUL_TARGET, out, custom_call_api_version=1, vmap_method="sequential",
+                            legacy_backend_config=config)
+    # oneDNN's matmul takes the bias with the output's rank.
+    return call(a, b) if bias is None else call(a, b, bias.reshape(1, cols))
 
 
 def available(dtype: jnp.dtype = jnp.float32) -> bool:

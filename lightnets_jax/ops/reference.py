@@ -34,10 +34,5 @@ def fold_depth(x: Array) -> Array:
     return jnp.transpose(x, (0, 2, 3, 4, 1)).reshape(n, h, w, c * depth)
 
 
-def bias_relu(y: Array, bias: Array | None, relu: bool) -> Array:
-    y = y if bias is None else y + bias
-    return jax.nn.relu(y) if relu else y
-
-
 def dense(x: Array, kernel: Array, bias: Array) -> Array:
     return x @ kernel + bias
