@@ -74,6 +74,8 @@ def test_batch_norm_relu_matches_autodiff_of_batch_norm_then_relu(shape):
     grads_plain = jax.vjp(lambda x, p: plain(x, p)[0], x, params)[1](cotangent)
     for got, want in zip(jax.tree.leaves(grads_fused), jax.tree.leaves(grads_plain)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(want))))
+    with pytest.raises(ValueError, match="activation='relu6'.*activation='relu', or fused_relu_train=False"):
+        layers.BatchNorm(False, activation="relu6", fused_relu_train=True).init(jax.random.key(0), x)
     eval_mode = layers.BatchNorm(True, activation="relu").apply({"params": params, "batch_stats": stats}, x)
     np.testing.assert_array_equal(eval_mode, jax.nn.relu(layers.BatchNorm(True).apply(
         {"params": params, "batch_stats": stats}, x)))

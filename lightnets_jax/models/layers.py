@@ -78,9 +78,9 @@ class Conv(nn.Module):
 
     The call's ``activation`` ("relu", "relu6") follows the bias (fused into oneDNN's kernels).
     A per-channel ``affine`` (multiplier, shift) given to the call, e.g. a following BatchNorm's
-    in eval mode, is folded into the kernel and bias. ``fold_depth`` makes a 2D conv take a 3D feature map
-    (N, D, H, W, C) as PyTorch's ``reshape(N, C * D, H, W)`` of it (HybridSN's step from 3D to
-    2D): the kernel is (kh, kw, C * D, features) in that channel order.
+    in eval mode, is folded into the kernel and bias. ``fold_depth`` makes a 2D conv take a 3D
+    feature map (N, D, H, W, C) as PyTorch's ``reshape(N, C * D, H, W)`` of it (HybridSN's step
+    from 3D to 2D): the kernel is (kh, kw, C * D, features) in that channel order.
     """
 
     features: int
@@ -183,7 +183,8 @@ class BatchNorm(nn.Module):
             multiplier, shift = bn.affine(scale, bias, running_mean.value, running_var.value, self.epsilon)
             return bn.affine_activation(x, multiplier, shift, self.activation)
         if self.fused_relu_train and self.activation != "relu":
-            raise ValueError(f"BatchNorm(fused_relu_train=True) fuses a ReLU; got activation={self.activation!r}")
+            raise ValueError(f"BatchNorm(fused_relu_train=True) fuses a ReLU, but activation={self.activation!r}; "
+                             "pass activation='relu', or fused_relu_train=False")
         if self.fused_relu_train:
             y, mean, var = bn.batch_norm_relu(x, scale, bias, self.epsilon)
             mean, var = lax.stop_gradient(mean), lax.stop_gradient(var)

@@ -1,10 +1,12 @@
 """The kernels the layers in ``models/layers.py`` call, one idea per module, each beside the plain
 XLA version it must equal (``reference``):
 
-* ``conv``: 2D/3D convolution + bias + ReLU, per implementation; ``conv_kernel_grad``: its
+* ``conv``: 2D/3D convolution + bias + activation, per implementation; ``conv_kernel_grad``: its
   kernel gradients as oneDNN convolutions; ``gemm_conv``: convolutions as GEMMs;
+* ``epilogue``: the bias and activation after a conv (fused into oneDNN's kernels), its backward;
 * ``depthwise``: depthwise convolution; ``pointwise``: 1x1 convs and dense layers as matmuls;
-* ``batch_norm``: PyTorch's BatchNorm, and BatchNorm + ReLU fused for training;
+* ``batch_norm``: PyTorch's BatchNorm, BatchNorm + ReLU fused for training, eval BatchNorm folded
+  into the conv before it;
 * ``onednn``: the binding to oneDNN through XLA's CPU runtime; ``chunks``: batch-chunked loops;
 * ``config``: the implementation a model gets and the kernels' tunables, in one place.
 """
