@@ -108,9 +108,9 @@ def _depthwise_kernel_grad(x: Array, grad: Array, kernel_shape: tuple[int, ...],
     Autodiff reduces the whole batch per tap: nine passes over arrays far larger than the caches.
     Chunks of ``depthwise_grad_chunk_bytes`` keep each chunk's reductions in cache; float32
     partial sums. The nine sums of a chunk are one variadic reduction, which reads the gradient
-    once (1.3-1.6x faster than nine on MobileNetV2's 96-960 channels), except for a power-of-two
-    channel count: there its nine input streams collide in the cache and nine separate
-    reductions (XLA runs them as YNNPACK fusions) measured as fast or faster.
+    once (measured faster on MobileNetV2's 96-960 channels), except for a power-of-two channel
+    count: there its nine input streams collide in the cache, and nine separate reductions (XLA
+    runs them as YNNPACK fusions) measured as fast or faster (docs/performance.md).
     """
     kh, kw = kernel_shape[:2]
     chunk = chunk_samples(x, config.get().depthwise_grad_chunk_bytes)

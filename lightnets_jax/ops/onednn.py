@@ -39,8 +39,9 @@ def _config(rank: int, taps: Sequence[int], padding: Sequence[int], strides: Seq
             post_ops: Sequence[str], dilations: Sequence[int], kernel_axes: Sequence[int]) -> str:
     """The ``BackendConfig`` JSON of a convolution over channels-last (N, *spatial, C) input and
     output and a kernel whose axes ``kernel_axes`` hold (*taps, C_in / groups, C_out), then
-    ``post_ops`` ("BIAS": add the third operand per channel, then "RELU" or "RELU6"). Axis numbers are 0-based,
-    dilations 1-based (the encoding of jaxlib 0.10's ``onednn_convolution.cc``)."""
+    ``post_ops`` ("BIAS": add the third operand per channel, then "RELU" or "RELU6"). Axis
+    numbers are 0-based, dilations 1-based (the encoding of jaxlib 0.10's
+    ``onednn_convolution.cc``)."""
     spatial = rank - 2
     kernel_axes = list(kernel_axes)
     data = {"batch_dim": 0, "feature_dim": rank - 1, "spatial_dims": list(range(1, spatial + 1))}
