@@ -30,7 +30,6 @@ def conv(x: Array, kernel: Array, bias: Array | None, *, strides: int, padding: 
     ``reshape(N, C * D, H, W)`` of it (``reference.fold_depth``); on oneDNN's path without moving
     the map. ``train`` picks the GEMM formulations' chunking (whole batch in training).
     """
-    epilogue.check_activation(activation)
     spatial = kernel.ndim - 2
     use_onednn = impl == "onednn" and strides == 1 and onednn.takes(x, kernel)
     if fold_depth and use_onednn:
@@ -53,7 +52,7 @@ def _onednn_conv(x: Array, kernel: Array, bias: Array | None, padding: int, acti
 
 def _onednn_conv_fwd(x, kernel, bias, padding, activation):
     y = _onednn_conv(x, kernel, bias, padding, activation)
-    return y, (x, kernel, bias is not None, None if activation is None else y)
+    return y, (x, kernel, *epilogue.saved(y, bias, activation))
 
 
 def _onednn_conv_bwd(padding, activation, residuals, grad):
@@ -96,7 +95,7 @@ def _depth_kernel(x: Array, kernel: Array) -> Array:
 
 def _onednn_depth_folded_fwd(x, kernel, bias, padding, activation):
     y = _onednn_depth_folded(x, kernel, bias, padding, activation)
-    return y, (x, kernel, bias is not None, None if activation is None else y)
+    return y, (x, kernel, *epilogue.saved(y, bias, activation))
 
 
 def _onednn_depth_folded_bwd(padding, activation, residuals, grad):

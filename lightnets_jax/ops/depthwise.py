@@ -25,7 +25,6 @@ def depthwise_conv(x: Array, kernel: Array, strides: int, padding: int, impl: st
                    activation: str | None = None) -> Array:
     """``activation(depthwise conv + bias)`` in implementation ``impl`` (see ``ops.config.IMPLS``);
     no bias or no activation where None."""
-    epilogue.check_activation(activation)
     if impl == "onednn" and onednn.takes(x, kernel):
         return _depthwise_onednn(x, kernel, bias, strides, padding, activation)
     if impl == "reference":
@@ -44,7 +43,7 @@ def _depthwise_onednn(x: Array, kernel: Array, bias: Array | None, strides: int,
 
 def _depthwise_onednn_fwd(x, kernel, bias, strides, padding, activation):
     y = _depthwise_onednn(x, kernel, bias, strides, padding, activation)
-    return y, (x, kernel, bias is not None, None if activation is None else y)
+    return y, (x, kernel, *epilogue.saved(y, bias, activation))
 
 
 def _depthwise_onednn_bwd(strides, padding, activation, residuals, grad):

@@ -26,6 +26,12 @@ def bias_activation(y: Array, bias: Array | None, activation: str | None) -> Arr
     return y if activation is None else ACTIVATIONS[activation](y)
 
 
+def saved(y: Array, bias: Array | None, activation: str | None) -> tuple[bool, Array | None]:
+    """What ``backward`` needs of a fused kernel's forward: whether it had a bias, and its output
+    ``y`` when an activation was fused (None otherwise, so nothing is kept)."""
+    return bias is not None, None if activation is None else y
+
+
 def backward(grad: Array, y: Array | None, activation: str | None, with_bias: bool) -> tuple[Array, Array | None]:
     """The gradient before a fused ``activation`` (``y``, its saved output; None without one)
     and, if ``with_bias``, the bias gradient (the sum over every axis but the channels), else

@@ -32,7 +32,7 @@ def onednn_pointwise(x: Array, kernel: Array, bias: Array | None = None, activat
 
 def _onednn_pointwise_fwd(x, kernel, bias, activation):
     y = onednn_pointwise(x, kernel, bias, activation)
-    return y, (x, kernel, bias is not None, None if activation is None else y)
+    return y, (x, kernel, *epilogue.saved(y, bias, activation))
 
 
 def _onednn_pointwise_bwd(activation, residuals, grad):
