@@ -113,11 +113,15 @@ def from_torch(name: str, state_dict: Mapping[str, Any], layout: str | None = No
             misshapen[target] = f"{origin[key]}: expected {want}, got {tuple(_to_numpy(value).shape)}"
             continue
         converted[target] = jnp.asarray(array, dtype=jnp.float32)
-    head = _fresh_head(name, expected, misshapen, converted, seed, options)
+    head = {path for path in expected if path[:2] == ("params", models.spec(name).classifier)}
+    new_head = bool(misshapen) and set(misshapen) <= head  # only the class count differs: a fresh head
+    if new_head:
+        misshapen.clear()
+        converted = {path: value for path, value in converted.items() if path not in head}
     missing = [
         f"{_torch_key(path)} {_torch_shape(path, spec.shape)}"
         for path, spec in expected.items()
-        if path not in converted and path not in misshapen and path not in head
+        if path not in converted and path not in misshapen and not (new_head and path in head)
     ]
     problems = []
     if missing:
@@ -130,28 +134,18 @@ def from_torch(name: str, state_dict: Mapping[str, Any], layout: str | None = No
         first = (unexpected or [m.split(":")[0] for m in misshapen.values()] or missing)[0].split(" ")[0]
         raise ValueError(f"state_dict does not match model {name!r} (read as the {layout} layout; first key that "
                          f"does not fit: {first}): " + " | ".join(problems))
-    return traverse_util.unflatten_dict({**converted, **head})
+    variables = traverse_util.unflatten_dict(converted)
+    if not new_head:
+        return variables
+    fresh = models.init(models.create(name, **options), jax.random.key(seed))
+    warnings.warn(f"{name}: the checkpoint's classifier has another number of classes than the model's "
+                  f"{models.num_classes(name, fresh)}; kept the backbone, initialised a new classifier (seed {seed})",
+                  stacklevel=2)
+    return models.with_classifier(name, variables, fresh)
 
 
 def _first_few(items: list[str], sep: str, shown: int = 8) -> str:
     return sep.join(items[:shown]) + (f"{sep}... ({len(items) - shown} more)" if len(items) > shown else "")
-
-
-def _fresh_head(name, expected, misshapen, converted, seed, options) -> dict:
-    """The classifier re-initialised when it is the only thing of another size than the model's."""
-    head = {path for path in expected if path[1] == "linear"}
-    if not misshapen or set(misshapen) - head:
-        return {}
-    model = models.create(name, **options)
-    variables = models.init(model, jax.random.key(seed))
-    fresh = {path: value for path, value in traverse_util.flatten_dict(dict(variables)).items() if path in head}
-    for path in head:
-        misshapen.pop(path, None)
-        converted.pop(path, None)
-    warnings.warn(f"{name}: the checkpoint's classifier has another number of classes than the model's "
-                  f"{expected[('params', 'linear', 'bias')].shape[0]}; kept the backbone, initialised a new classifier "
-                  f"(seed {seed})", stacklevel=3)
-    return fresh
 
 
 def load(name: str, path: str | Path, layout: str | None = None, **options: Any) -> dict:

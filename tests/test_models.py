@@ -113,6 +113,19 @@ def test_converter_names_missing_and_misshapen_keys():
     assert "fc1.weight: expected (256, 18496), got (256, 100)" in str(err.value)
 
 
+
+def test_a_checkpoint_of_another_class_count_keeps_its_backbone_under_a_fresh_head():
+    state = _fake_state_dict("hybridsn")  # 16 classes, zeros
+    with pytest.warns(UserWarning, match="model's 9; kept the backbone, initialised a new classifier \\(seed 3\\)"):
+        variables = convert.from_torch("hybridsn", state, seed=3, num_classes=9)
+    fresh = models.init(models.create("hybridsn", num_classes=9), jax.random.key(3))
+    assert models.num_classes("hybridsn", variables) == 9
+    np.testing.assert_array_equal(variables["params"]["fc3"]["kernel"], fresh["params"]["fc3"]["kernel"])
+    assert not np.any(variables["params"]["fc2"]["kernel"])  # the checkpoint's backbone
+    state["fc2.weight"] = np.zeros((128, 100), np.float32)  # more than the head differs: refused
+    with pytest.raises(ValueError, match="misshapen keys: fc2.weight"):
+        convert.from_torch("hybridsn", state, num_classes=9)
+
 @pytest.mark.slow
 def test_eval_is_deterministic_and_train_uses_dropout_rng():
     model = models.create("hybridsn", patch_size=11, bands=16, num_classes=4)

@@ -47,13 +47,14 @@ class ModelSpec:
     task: str  # IMAGE: (N, H, W, 3) images; HYPERSPECTRAL: (N, S, S, bands) patches
     dataset: str  # what ``lightnets train`` trains it on by default (no ImageNet pipeline: CIFAR-10)
     example_shape: Callable[[nn.Module], tuple[int, ...]]  # one input, no batch axis, of a built model
+    classifier: str  # the top-level module that maps features to class logits (the head fine-tuning replaces)
     # ImageNet models: the RGB normalization their published weights expect (classify, fine-tuning)
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
 
 
 def _image(name, build, description, dataset="cifar10", mean=None, std=None, **defaults):
-    return ModelSpec(name, build, defaults, description, IMAGE, dataset, _image_shape, mean, std)
+    return ModelSpec(name, build, defaults, description, IMAGE, dataset, _image_shape, "linear", mean, std)
 
 
 _SPECS = (
@@ -72,9 +73,9 @@ _SPECS = (
            mean=IMAGENET_MEAN, std=IMAGENET_STD, cfg=mobilenet_v2.PAPER_CFG, imagenet=True, activation="relu6", input_size=None,
            num_classes=1000),
     ModelSpec("hybridsn", HybridSN, {}, "the note's HybridSN for 25x25x30 hyperspectral patches", HYPERSPECTRAL,
-              "indian_pines", _patch_shape),
+              "indian_pines", _patch_shape, "fc3"),
     ModelSpec("hybridsn_bn", HybridSN, {"batch_norm": True}, "HybridSN with BatchNorm after every conv (the note's fix)",
-              HYPERSPECTRAL, "indian_pines", _patch_shape),
+              HYPERSPECTRAL, "indian_pines", _patch_shape, "fc3"),
 )
 _REGISTRY = {s.name: s for s in _SPECS}
 
@@ -140,10 +141,22 @@ def init(model: nn.Module, key: jax.Array, shape: tuple[int, ...] | None = None)
     return _init(model, key, tuple(shape or example_shape(model)))
 
 
+def num_classes(name: str, variables: dict) -> int:
+    """How many classes the classifier of model ``name`` in ``variables`` has."""
+    return variables["params"][spec(name).classifier]["bias"].shape[0]
+
+
+def with_classifier(name: str, variables: dict, donor: dict) -> dict:
+    """``variables`` of model ``name`` with the classifier's parameters taken from ``donor``: the
+    backbone kept under a new head (fine-tuning for another number of classes)."""
+    head = spec(name).classifier
+    return {**variables, "params": {**variables["params"], head: donor["params"][head]}}
+
+
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def _init(model: nn.Module, key: jax.Array, shape: tuple[int, ...]) -> dict:
     return model.init(key, jnp.zeros(shape), train=False)
 
 
-__all__ = ["available", "create", "describe", "example_shape", "init", "spec", "ModelSpec", "MobileNetV1",
-           "MobileNetV2", "HybridSN"]
+__all__ = ["available", "create", "describe", "example_shape", "init", "num_classes", "spec", "with_classifier",
+           "ModelSpec", "MobileNetV1", "MobileNetV2", "HybridSN"]

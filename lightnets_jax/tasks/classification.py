@@ -157,7 +157,8 @@ def _optimizer(config: ImageConfig, steps_per_epoch: int):
     tx = engine.make_optimizer(config.optimizer, config.epochs, steps_per_epoch)
     if not config.freeze_backbone:
         return tx
-    labels = lambda params: {name: "head" if name == "linear" else "frozen" for name in params}
+    head = models.spec(config.model).classifier
+    labels = lambda params: {name: "head" if name == head else "frozen" for name in params}
     return optax.multi_transform({"head": tx, "frozen": optax.set_to_zero()}, labels)
 
 
@@ -185,10 +186,9 @@ def _with_weights(state: engine.TrainState, config: ImageConfig, num_classes: in
         log(f"starting from {source}")
     if jax.tree.structure(variables["params"]) != jax.tree.structure(state.params):
         raise ValueError(f"the weights in {source} are not a {config.model} with width {config.width_multiplier}")
-    if variables["params"]["linear"]["bias"].shape != state.params["linear"]["bias"].shape:
-        fresh = state.params["linear"]
-        log(f"{source} has {variables['params']['linear']['bias'].shape[0]} classes, this run {num_classes}: new head")
-        variables = {**variables, "params": {**variables["params"], "linear": fresh}}
+    if models.num_classes(config.model, variables) != num_classes:
+        log(f"{source} has {models.num_classes(config.model, variables)} classes, this run {num_classes}: new head")
+        variables = models.with_classifier(config.model, variables, {"params": state.params})
     return state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", state.batch_stats))
 
 
