@@ -58,6 +58,15 @@ def test_mobilenet_v2_and_hybridsn_stage_shapes():
     assert hs["conv3_0"] == (18, 19, 19, 32) and hs["conv4_0"] == (17, 17, 64) and hs["fc1"] == (256,)
 
 
+def test_multiply_adds_count_every_kernel_entry_at_every_output_position():
+    macs = {l.path: l.macs for l in summarize("hybridsn").layers}
+    assert macs["conv1_0"] == 23 * 23 * 24 * 8 * (7 * 3 * 3)
+    assert macs["conv4_0"] == 17 * 17 * 64 * (3 * 3 * 32 * 18)  # the folded depth is conv4's input channels
+    assert sum(macs.values()) == 247_683_392  # the ~248 M a patch costs (docs/performance.md)
+    v1 = {l.path: l.macs for l in summarize("mobilenet_v1").layers}
+    assert v1["conv1"] == 32 * 32 * 32 * 27 and v1["layers_0/conv1"] == 32 * 32 * 32 * 9  # stem, first depthwise
+
+
 def test_separable_cost_equals_note_formula():
     summary = summarize("mobilenet_v1")
     pairs = [l for l in summary.layers if l.separable_ratio is not None]

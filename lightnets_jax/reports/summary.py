@@ -65,7 +65,11 @@ _KINDS = {DepthwiseConv: "depthwise", Conv: "conv", Dense: "dense", BatchNorm: "
 
 def summarize(name: str, input_shape: tuple[int, ...] | None = None, **options: Any) -> Summary:
     """Layer table for one example (batch 1) of ``name`` built with ``options``."""
-    model = models.create(name, **options)
+    return summarize_model(models.create(name, **options), input_shape, name)
+
+
+def summarize_model(model: nn.Module, input_shape: tuple[int, ...] | None = None, name: str | None = None) -> Summary:
+    """Layer table for one example (batch 1) of a built model."""
     input_shape = tuple(input_shape or models.example_shape(model))
     records: list[tuple[str, str, tuple, tuple, tuple]] = []
 
@@ -89,21 +93,18 @@ def summarize(name: str, input_shape: tuple[int, ...] | None = None, **options: 
         for part in path.split("/"):
             subtree = subtree[part]
         params = sum(math.prod(v.shape) for v in jax.tree.leaves(subtree))
-        layers.append(Layer(path, kind, tuple(out_shape), params, _macs(kind, in_shape, out_shape, module)))
+        layers.append(Layer(path, kind, tuple(out_shape), params, _macs(kind, out_shape, subtree)))
     _annotate_separable(layers)
     total_params = sum(math.prod(v.shape) for v in jax.tree.leaves(variables["params"]))
-    return Summary(name, input_shape, layers, total_params, sum(l.macs for l in layers))
+    return Summary(name or type(model).__name__, input_shape, layers, total_params, sum(l.macs for l in layers))
 
 
-def _macs(kind: str, in_shape, out_shape, module) -> int:
-    positions = math.prod(out_shape[:-1])
-    if kind == "conv":
-        return positions * out_shape[-1] * math.prod(module.kernel_size) * in_shape[-1]
-    if kind == "depthwise":
-        return positions * out_shape[-1] * math.prod(module.kernel_size)
-    if kind == "dense":
-        return positions * in_shape[-1] * out_shape[-1]
-    return 0  # BatchNorm folds into the conv at inference
+def _macs(kind: str, out_shape, params) -> int:
+    # Every output position of a conv, depthwise conv or dense layer takes one multiply-add per
+    # kernel entry (a fold_depth conv's kernel spans the folded depth too); BatchNorm folds away.
+    if kind == "batchnorm":
+        return 0
+    return math.prod(out_shape[:-1]) * math.prod(params["kernel"].shape)
 
 
 def _annotate_separable(layers: list[Layer]) -> None:
