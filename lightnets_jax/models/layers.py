@@ -246,11 +246,14 @@ def check_image_input(x: Array, model: str, input_size: int | None) -> None:
     check_input(x, rank=4, expected=expected, model=model, hint=hint)
 
 
-def fixed_average_pool(x: Array, window: int, model: str, input_size: int) -> Array:
-    """The CIFAR networks' last ``window`` × ``window`` average pool, refusing an ``input_size``
-    their strides shrink below the window (the flattened head would have no inputs)."""
+def pooled_features(x: Array, window: int, model: str, input_size: int | None) -> Array:
+    """The classifier's input: at a fixed ``input_size`` (the CIFAR networks) the note's last
+    ``window`` × ``window`` average pool, flattened; at any resolution (``None``) a global mean.
+    Refuses an ``input_size`` the strides shrink below the window (the head would have no inputs)."""
+    if input_size is None:
+        return jnp.mean(x, axis=(1, 2))
     if x.shape[1] < window or x.shape[2] < window:
         raise ValueError(f"{model} with input_size {input_size} leaves a {x.shape[1]}x{x.shape[2]} map for its "
                          f"{window}x{window} average pool; pass a larger input_size, or input_size=None for global "
                          "average pooling")
-    return nn.avg_pool(x, (window, window), strides=(window, window))
+    return nn.avg_pool(x, (window, window), strides=(window, window)).reshape(x.shape[0], -1)

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lightnets_jax.models.layers import (BatchNorm, Conv, Dense, DepthwiseConv, check_image_input, conv_bn,
-                                         fixed_average_pool, make_divisible)
+                                         make_divisible, pooled_features)
 
 # (output channels, depthwise stride) per separable block.
 NOTE_CFG = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (1024, 2), (1024, 1))
@@ -74,9 +74,5 @@ class MobileNetV1(nn.Module):
         out = conv_bn(stem, BatchNorm(not train, activation=self.activation, name="bn1"), x, train)
         for i, (planes, stride) in enumerate(self.cfg):
             out = Block(width(planes), stride, self.activation, self.conv_impl, self.dtype, name=f"layers_{i}")(out, train)
-        if self.input_size is not None:
-            out = fixed_average_pool(out, 2, "MobileNetV1", self.input_size)  # the note's F.avg_pool2d(out, 2)
-            out = out.reshape(out.shape[0], -1)
-        else:
-            out = jnp.mean(out, axis=(1, 2))
+        out = pooled_features(out, 2, "MobileNetV1", self.input_size)  # the note's F.avg_pool2d(out, 2), flattened
         return Dense(self.num_classes, impl=self.conv_impl, dtype=self.dtype, name="linear")(out).astype(jnp.float32)

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lightnets_jax.models.layers import (BatchNorm, Conv, Dense, DepthwiseConv, check_image_input, conv_bn,
-                                         fixed_average_pool, make_divisible)
+                                         make_divisible, pooled_features)
 
 # (expansion t, output channels c, repeats n, first stride s), the note's CIFAR table.
 NOTE_CFG = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
@@ -97,9 +97,5 @@ class MobileNetV2(nn.Module):
         last = make_divisible(1280 * max(1.0, self.width_multiplier))
         head = Conv(last, (1, 1), impl=self.conv_impl, dtype=self.dtype, name="conv2")
         out = conv_bn(head, BatchNorm(not train, activation=self.activation, name="bn2"), out, train)
-        if self.input_size is not None:
-            out = fixed_average_pool(out, 4, "MobileNetV2", self.input_size)  # the note's F.avg_pool2d(out, 4)
-            out = out.reshape(out.shape[0], -1)
-        else:
-            out = jnp.mean(out, axis=(1, 2))
+        out = pooled_features(out, 4, "MobileNetV2", self.input_size)  # the note's F.avg_pool2d(out, 4), flattened
         return Dense(self.num_classes, impl=self.conv_impl, dtype=self.dtype, name="linear")(out).astype(jnp.float32)
