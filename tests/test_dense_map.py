@@ -56,6 +56,22 @@ def test_tiled_map_equals_the_patch_map(name, tile):
         assert dense.tile == (tile, tile)
 
 
+def test_pixels_are_predicted_the_cheaper_way_with_the_same_classes():
+    model, variables = _model_and_variables("hybridsn_bn")
+    padded = _padded_scene(17, 11, 16, 11, seed=3)
+    per_patch, per_dense_pixel = scene_map.multiply_adds(model)
+    assert per_patch > 10 * per_dense_pixel  # each conv output once, not once per patch that holds it
+    few = np.array([[0, 0], [16, 10], [8, 5]])
+    many = hsi.scene_pixels(17, 11)[::2]
+    assert scene_map.cheaper_method(model, len(few), 17 * 11) == "patch"
+    assert scene_map.cheaper_method(model, len(many), 17 * 11) == "dense"
+    truth = scene_map.predict_scene(model, variables, padded, "patch", batch_size=32).labels
+    for coords in (few, many):
+        chosen = scene_map.predict_pixels(model, variables, padded, coords, batch_size=32)
+        np.testing.assert_array_equal(chosen, truth[coords[:, 0], coords[:, 1]])
+    with pytest.raises(ValueError, match="unknown method 'fast'"):
+        scene_map.predict_pixels(model, variables, padded, few, method="fast")
+
 def test_tile_side_follows_the_memory_budget():
     small = scene_map.tile_side(25, 30, memory_budget=64 << 20)
     large = scene_map.tile_side(25, 30, memory_budget=1 << 30)

@@ -251,15 +251,13 @@ def evaluate(workdir: Path, state=None, prepared: Prepared | None = None, config
         state, _ = checkpoint.restore(workdir, initial_state(config, prepared.scene.num_classes, steps))
     checkpoint.atomic_write(workdir / PREPROCESSING, hsi.pca_archive(prepared.pca, config.patch_size))
     tic = time.time()
+    model = build_model(config, scene.num_classes)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
     if config.predict_map:
-        model = build_model(config, scene.num_classes)
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
         full = scene_map.predict_scene(model, variables, prepared.padded, "dense", desc="map scene").labels
         test_pred = full[split.test[:, 0], split.test[:, 1]]
     else:
-        test_pred = scene_map.predict_pixels(build_model(config, scene.num_classes),
-                                             {"params": state.params, "batch_stats": state.batch_stats},
-                                             prepared.padded, split.test, desc="predict test")
+        test_pred = scene_map.predict_pixels(model, variables, prepared.padded, split.test, desc="predict test")
     predict_seconds = time.time() - tic
     names = list(scene.class_names)
     text = classification_report(split.test_labels, test_pred, labels=range(len(names)), target_names=names,
