@@ -39,16 +39,20 @@ def test_report_puts_folders_side_by_side(tmp_path, capsys):
     (tmp_path / "many").mkdir()
     smoothed = [_report(0, 98.0, 97.0, 97.0, [1.0, 2.0, 3.0]), _report(1, 99.0, 98.0, 98.0, [3.0, 4.0, 5.0])]
     for report in smoothed:
-        report["config"]["label_smoothing"] = 0.1
+        report["config"].update(label_smoothing=0.1, optimizer={"name": "adam", "learning_rate": 0.001})
     summary = tables.summarize(smoothed, [0, 1])
     (tmp_path / "many" / "summary.json").write_text(json.dumps(summary))
     (tmp_path / "one").mkdir()
-    (tmp_path / "one" / "report.json").write_text(json.dumps(_report(4, 97.0, 96.0, 96.5, [1.0, None, 3.0])))
+    one = _report(4, 97.0, 96.0, 96.5, [1.0, None, 3.0])
+    one["config"]["optimizer"] = {"name": "adam", "learning_rate": 0.002}
+    (tmp_path / "one" / "report.json").write_text(json.dumps(one))
     assert cli.main(["report", str(tmp_path / "many"), str(tmp_path / "one")]) == 0
     table = capsys.readouterr().out
     assert "| OA | 98.50 ± 0.71 | 97.00 |" in table and "| b | 3.00 ± 1.41 | absent |" in table
     assert "| split | stratified(test_ratio=0.9) | stratified(test_ratio=0.9) |" in table  # the protocol, not the seeds
     assert "| label smoothing | 0.1 | 0.0 |" in table  # one recipe name, two recipes: the table tells them apart
+    assert "| optimizer.learning_rate | 0.001 | 0.002 |" in table  # so does every other setting that differs
+    assert "optimizer.name" not in table and "| seed |" not in table
     assert cli.main(["report", str(tmp_path / "one"), "--csv"]) == 0
     assert capsys.readouterr().out.splitlines()[1:5] == ["split,stratified(test_ratio=0.9)", "epochs,3",
                                                           "label smoothing,0.0", "OA,97.00"]

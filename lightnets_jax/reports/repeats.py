@@ -34,7 +34,7 @@ def summarize(reports: list[dict], seeds: list[int] | None = None) -> dict:
         "model": config["model"], "recipe": config["recipe"], "scene": config["scene"],
         "splits": sorted({r["split"]["method"] for r in reports}), "epochs": config["epochs"],
         "label_smoothing": config.get("label_smoothing", 0.0), "seeds": seeds,
-        "runs": len(reports),
+        "runs": len(reports), "config": config,  # the first run's; the runs differ in their seeds only
         "scores": {key: _stats([r.get(key) for r in reports]) for _, key in SCORES + TIMES},
         "per_class": {name: _stats([r["per_class_accuracy"][i] for r in reports]) for i, name in enumerate(names)},
     }
@@ -65,7 +65,11 @@ def load(folder: Path) -> dict:
     """A repeat folder's ``summary.json``, or a single run's ``report.json`` as a one-run summary."""
     folder = Path(folder)
     if (folder / "summary.json").is_file():
-        return json.loads((folder / "summary.json").read_text())
+        summary = json.loads((folder / "summary.json").read_text())
+        first = sorted(folder.glob("seed_*/report.json"))
+        if "config" not in summary and first:  # a summary from before they kept the config
+            summary["config"] = json.loads(first[0].read_text())["config"]
+        return summary
     if (folder / "report.json").is_file():
         report = json.loads((folder / "report.json").read_text())
         if "class_names" not in report:
@@ -79,6 +83,29 @@ def protocols(summary: dict) -> list[str]:
     return sorted({re.sub(r",? ?seed=\d+", "", method) for method in summary["splits"]})
 
 
+# Settings that vary within one repeat folder, or that the headers or rows of their own show.
+_NOT_SETTING_ROWS = {"model", "recipe", "seed", "split_seed", "epochs", "label_smoothing", "class_names", "split", "test_ratio",
+                     "per_class", "per_class_max_fraction", "disjoint_block"}
+
+
+def differing_settings(summaries: list[dict]) -> dict[str, list[str]]:
+    """The run settings (``optimizer.learning_rate`` for nested ones) whose values are not the
+    same in every summary, each with its value per summary ("" where a summary predates them)."""
+    flat = [_flatten(s.get("config", {})) for s in summaries]
+    keys = [k for k in dict.fromkeys(k for f in flat for k in f) if k not in _NOT_SETTING_ROWS]
+    return {k: ["" if k not in f else str(f[k]) for f in flat] for k in keys if len({str(f.get(k)) for f in flat}) > 1}
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 def side_by_side(folders: list[Path], fmt: str = "markdown") -> str:
     """Several runs or repeat folders as one table: a column each, scores and classes as rows."""
     summaries = [load(f) for f in folders]
@@ -86,6 +113,7 @@ def side_by_side(folders: list[Path], fmt: str = "markdown") -> str:
     rows = [["split"] + [" / ".join(protocols(s)) for s in summaries], ["epochs"] + [str(s["epochs"]) for s in summaries],
             # the default recipe's smoothing changed (0 -> 0.1): older summaries lack the field
             ["label smoothing"] + [str(s.get("label_smoothing", "")) for s in summaries]]
+    rows += [[name] + values for name, values in differing_settings(summaries).items()]
     rows += [[label] + [_cell(s["scores"][key]) for s in summaries] for label, key in SCORES + TIMES]
     classes = list(summaries[0]["per_class"])
     rows += [[name] + [_cell(s["per_class"][name]) if name in s["per_class"] else "" for s in summaries]
