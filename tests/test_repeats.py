@@ -100,6 +100,7 @@ def test_a_killed_repeat_run_resumes_skipping_finished_seeds_and_seeds_repeat_ex
     for key in ("overall_accuracy", "average_accuracy", "kappa", "per_class_accuracy", "confusion_matrix", "split"):
         assert again[key] == first[key], key  # one seed, the same run
     assert summary["runs"] == 2 and (tmp_path / "W" / "summary.md").read_text().startswith("# hybridsn on cube")
+    assert (tmp_path / "W" / "summary.png").read_bytes()[:4] == b"\x89PNG"
     assert first["config"]["split_seed"] == 346  # the seed moved the split (seed 0 keeps the note's 345)
 
 

@@ -1,10 +1,13 @@
-"""Pictures people would rather look at than read: classification maps and training curves."""
+"""Pictures people would rather look at than read: classification maps, training curves and
+repeated runs' accuracies."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+
+from lightnets_jax.reports.repeats import SCORES
 
 
 def _pyplot():
@@ -67,6 +70,30 @@ def save_training_curves(path: Path, history: list[dict]) -> None:
         acc_ax.plot(epochs, [h.get("val_accuracy", np.nan) for h in history], label="validation accuracy (%)")
     acc_ax.set_xlabel("epoch")
     acc_ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_repeats_summary(path: Path, summary: dict) -> None:
+    """A repeat run's scores and per-class accuracies: bars at the mean, lines from min to max,
+    and each class's spread at a glance where the table needs a careful read."""
+    plt = _pyplot()
+    rows = [(label, summary["scores"][key]) for label, key in SCORES] + list(summary["per_class"].items())
+    rows = [(label, stats) for label, stats in rows if stats["mean"] is not None]
+    means = np.array([stats["mean"] for _, stats in rows])
+    low = means - np.array([stats["min"] for _, stats in rows])
+    high = np.array([stats["max"] for _, stats in rows]) - means
+    colors = ["tab:blue"] * len(SCORES) + ["tab:gray"] * (len(rows) - len(SCORES))
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(rows) + 1.5))
+    positions = np.arange(len(rows))[::-1]
+    ax.barh(positions, means, xerr=[low, high], color=colors, capsize=2)
+    ax.set_yticks(positions, [label for label, _ in rows], fontsize=8)
+    ax.set_xlim(max(0.0, float((means - low).min()) - 5), 100.5)
+    ax.set_xlabel("accuracy (%): mean, min to max")
+    ax.set_title(f"{summary['model']} on {summary['scene']}: {summary['runs']} runs, OA "
+                 f"{summary['scores']['overall_accuracy']['mean']:.2f} ± {summary['scores']['overall_accuracy']['std']:.2f}",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

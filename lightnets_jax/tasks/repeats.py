@@ -1,6 +1,7 @@
 """Repeated HybridSN runs, one per seed, as papers report them: ``W/seed_K/`` is a normal,
 resumable run whose seed moves the initialization, the shuffling and (unless the split is fixed)
-the split; ``W/summary.json`` and ``W/summary.md`` hold mean ± std over the finished seeds.
+the split; ``W/summary.json`` and ``W/summary.md`` hold mean ± std over the finished seeds,
+``W/summary.png`` shows them (mean, min to max).
 
 With several GPUs the seeds run side by side, one per device, each in its own process (its log
 in ``W/seed_K/train.log``); on a CPU they run one after another in this process.
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import jax
 
+from lightnets_jax.reports import plots
 from lightnets_jax.reports import repeats as tables
 from lightnets_jax.tasks import hyperspectral
 from lightnets_jax.training import checkpoint
@@ -84,6 +86,7 @@ def train(config: hyperspectral.HSIConfig, workdir: Path, seeds: list[int], fixe
     summary = tables.summarize([reports[seed] for seed in seeds], seeds)
     checkpoint.write_json(workdir / "summary.json", summary)
     checkpoint.atomic_write(workdir / "summary.md", tables.to_markdown(summary).encode())
+    plots.save_repeats_summary(workdir / "summary.png", summary)
     return summary
 
 
