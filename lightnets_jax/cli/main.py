@@ -333,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     hsi.add_argument("--split-seed", type=argument(low=0))
     hsi.add_argument("--augment", choices=hsi_data.AUGMENTATIONS,
                      help="flips: each training patch flipped or transposed at random, a new draw each epoch")
-    hsi.add_argument("--no-map", action="store_true", help="write no full-scene map (the test pixels are predicted the cheaper way: densely or patch by patch)")
+    hsi.add_argument("--no-map", action="store_true",
+                     help="write no full-scene map (the test pixels are predicted the cheaper way, dense or by patch)")
     train.set_defaults(func=_train)
 
     evaluate = sub.add_parser("evaluate", help="re-create the report from a workdir's latest checkpoint")
