@@ -91,9 +91,9 @@ def save_repeats_summary(path: Path, summary: dict) -> None:
     ax.set_yticks(positions, [label for label, _ in rows], fontsize=8)
     ax.set_xlim(max(0.0, float((means - low).min()) - 5), 100.5)
     ax.set_xlabel("accuracy (%): mean, min to max")
-    ax.set_title(f"{summary['model']} on {summary['scene']}: {summary['runs']} runs, OA "
-                 f"{summary['scores']['overall_accuracy']['mean']:.2f} ± {summary['scores']['overall_accuracy']['std']:.2f}",
-                 fontsize=10)
+    oa = summary["scores"]["overall_accuracy"]
+    title = f"{summary['model']} on {summary['scene']}: {summary['runs']} runs, OA {oa['mean']:.2f} ± {oa['std']:.2f}"
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -84,8 +84,8 @@ def protocols(summary: dict) -> list[str]:
 
 
 # Settings that vary within one repeat folder, or that the headers or rows of their own show.
-_NOT_SETTING_ROWS = {"model", "recipe", "seed", "split_seed", "epochs", "label_smoothing", "class_names", "split", "test_ratio",
-                     "per_class", "per_class_max_fraction", "disjoint_block"}
+_NOT_SETTING_ROWS = {"model", "recipe", "seed", "split_seed", "epochs", "label_smoothing", "class_names", "split",
+                     "test_ratio", "per_class", "per_class_max_fraction", "disjoint_block"}
 
 
 def differing_settings(summaries: list[dict]) -> dict[str, list[str]]:

@@ -71,13 +71,13 @@ def summarize(name: str, input_shape: tuple[int, ...] | None = None, **options: 
 def summarize_model(model: nn.Module, input_shape: tuple[int, ...] | None = None, name: str | None = None) -> Summary:
     """Layer table for one example (batch 1) of a built model."""
     input_shape = tuple(input_shape or models.example_shape(model))
-    records: list[tuple[str, str, tuple, tuple, tuple]] = []
+    records: list[tuple[str, str, tuple]] = []  # (module path, kind, output shape)
 
     def interceptor(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
         kind = _KINDS.get(type(context.module))
         if kind is not None and context.method_name == "__call__":
-            records.append((("/".join(context.module.path)), kind, args[0].shape, out.shape, context.module))
+            records.append(("/".join(context.module.path), kind, out.shape))
         return out
 
     def run():
@@ -86,7 +86,7 @@ def summarize_model(model: nn.Module, input_shape: tuple[int, ...] | None = None
 
     variables = jax.eval_shape(run)
     layers = []
-    for path, kind, in_shape, out_shape, module in records:
+    for path, kind, out_shape in records:
         if any(l.path == path for l in layers):  # init and apply both call; keep the first
             continue
         subtree = variables["params"]
