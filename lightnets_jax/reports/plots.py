@@ -43,15 +43,17 @@ def save_classification_map(path: Path, prediction: np.ndarray, ground_truth: np
     panels = [(prediction, "prediction (every pixel)")]
     if ground_truth is not None:
         panels.insert(0, (ground_truth, "ground truth"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 6.5), squeeze=False)
+    height, width = prediction.shape
+    side = 5.5 * min(1.0, width / height)  # panels sized to the scene's shape: no empty bands around them
+    fig, axes = plt.subplots(1, len(panels), figsize=(side * len(panels) + 3, side * height / width + 0.8),
+                             squeeze=False, layout="constrained")
     for ax, (image, name) in zip(axes[0], panels):
         ax.imshow(color_map(image, num_classes), interpolation="nearest")
         ax.set_title(name)
         ax.axis("off")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[i + 1] / 255) for i in range(num_classes)]
-    fig.legend(handles, [f"{i + 1} {n}" for i, n in enumerate(class_names)], loc="center right", fontsize=8)
+    fig.legend(handles, [f"{i + 1} {n}" for i, n in enumerate(class_names)], loc="outside right center", fontsize=8)
     fig.suptitle(title)
-    fig.subplots_adjust(right=0.78)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
