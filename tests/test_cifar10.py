@@ -55,6 +55,19 @@ def test_layouts_give_shapes_dtypes_labels_and_order(tmp_path, layout):
     np.testing.assert_array_equal(data.test_images[0, :, :, 0].ravel(), batches["test_batch"][0][0, :1024])
 
 
+def test_without_a_data_dir_the_notes_download_folder_is_used(tmp_path, monkeypatch):
+    batches = _batches(seed=3)
+    _write_python(tmp_path / "data" / "cifar-10-batches-py", batches)  # torchvision's CIFAR10(root='./data')
+    monkeypatch.delenv(cifar10.ENV_VAR, raising=False)
+    monkeypatch.chdir(tmp_path)
+    data = cifar10.load(use_tfds=False)
+    assert data.source == "python layout at data/cifar-10-batches-py"
+    np.testing.assert_array_equal(data.train_labels, _expected(batches)[1])
+    (tmp_path / "data" / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(DataError, match=r"tried data \(no cifar-10-batches-py/"):
+        cifar10.load(use_tfds=False)
+
+
 def _archive(tmp_path, batches):
     _write_python(tmp_path / "src" / "cifar-10-batches-py", batches)
     path = tmp_path / "cifar-10-python.tar.gz"
@@ -146,11 +159,12 @@ def test_validation_split_that_leaves_no_training_batch_is_refused(tmp_path):
         classification.train(big, tmp_path / "run", log=lambda *_: None)
 
 
-def test_tensorflow_datasets_path_reads_cifar10(monkeypatch):
+def test_tensorflow_datasets_path_reads_cifar10(monkeypatch, tmp_path):
     # No files anywhere: load() falls back to tfds.data_source("cifar10"), here mocked by tfds's
     # own testing helper (no TensorFlow needed, no download).
     tfds = pytest.importorskip("tensorflow_datasets")
     monkeypatch.delenv(cifar10.ENV_VAR, raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./data either
     with tfds.testing.mock_data(num_examples=7, policy=tfds.testing.MockPolicy.USE_CODE):
         data = cifar10.load()
     assert data.source == "tensorflow-datasets cifar10"
@@ -174,3 +188,18 @@ def test_without_files_or_tfds_the_error_says_both_ways(monkeypatch, tmp_path):
     monkeypatch.setattr(builtins, "__import__", no_tfds)
     with pytest.raises(cifar10.DataError, match=r"tensorflow-datasets \(not installed.*Pass --data-dir DIR"):
         cifar10.load(tmp_path)
+
+
+def test_an_installed_tfds_that_cannot_provide_cifar10_is_not_called_missing(monkeypatch, tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+
+    def unprepared():  # what tfds raised here offline: its download path imports a module it lacks
+        raise ModuleNotFoundError("No module named 'importlib_resources'")
+
+    monkeypatch.delenv(cifar10.ENV_VAR, raising=False)
+    monkeypatch.setattr(cifar10, "_read_tfds", unprepared)
+    with pytest.raises(cifar10.DataError) as err:
+        cifar10.load(tmp_path)
+    assert "installed but it could not provide cifar10 (ModuleNotFoundError: No module named 'importlib_resources')" \
+        in str(err.value)
+    assert "not installed" not in str(err.value) and "Pass --data-dir DIR" in str(err.value)

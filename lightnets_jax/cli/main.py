@@ -294,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--bf16", action="store_true", help="bfloat16 compute, float32 parameters")
     train.add_argument("--init", choices=["torch", "glorot"], help="weight initialization")
     train.add_argument("--seed", type=argument(low=0), help="initialization, dropout and shuffling seed")
-    train.add_argument("--data-dir", help="CIFAR-10: folder with cifar-10-batches-py/ (or $LIGHTNETS_CIFAR10_DIR); "
+    train.add_argument("--data-dir", help="CIFAR-10: folder with cifar-10-batches-py/ (or $LIGHTNETS_CIFAR10_DIR; "
+                       "default ./data, the note's torchvision root); "
                        "hyperspectral: folder with the scene's usual .mat files; folder: the image folder")
     folder = train.add_argument_group("fine-tuning on an image folder (--dataset folder, --config finetune)")
     folder.add_argument("--weights", help="starting weights: a .safetensors/.pth file (the note's, torchvision's or "

@@ -1,7 +1,8 @@
 """CIFAR-10 as NumPy arrays (uint8 NHWC images, int32 labels), from wherever it already is.
 
-Looked for in this order: ``data_dir`` (or ``$LIGHTNETS_CIFAR10_DIR``) holding the official
-python layout (``cifar-10-batches-py/``, as torchvision leaves it), the official binary layout
+Looked for in this order: ``data_dir`` (or ``$LIGHTNETS_CIFAR10_DIR``; without either, ``./data``,
+where the note's torchvision code downloads it) holding the official python layout
+(``cifar-10-batches-py/``, as torchvision leaves it), the official binary layout
 (``cifar-10-batches-bin/``) or one of the official archives (checksum-verified, extracted in
 memory); then tensorflow-datasets (``cifar10``, which downloads and prepares it on a connected
 machine). The NumPy paths need no TensorFlow.
@@ -42,32 +43,48 @@ class Cifar10:
     source: str
 
 
+# Where the note's code leaves CIFAR-10: torchvision.datasets.CIFAR10(root='./data', download=True).
+NOTE_DATA_DIR = "data"
+
+
 def load(data_dir: str | Path | None = None, use_tfds: bool = True) -> Cifar10:
     data_dir = data_dir or os.environ.get(ENV_VAR)
     tried = []
-    if data_dir is not None:
-        root = Path(data_dir)
-        if not root.is_dir():
-            raise DataError(f"--data-dir {root} does not exist; point it at the folder holding cifar-10-batches-py")
-        for folder in (root / "cifar-10-batches-py", root):
-            if (folder / "test_batch").exists():
-                return _checked(*_read_python_layout(folder), f"python layout at {folder}")
-        for folder in (root / "cifar-10-batches-bin", root):
-            if (folder / "test_batch.bin").exists():
-                return _checked(*_read_binary_layout(folder), f"binary layout at {folder}")
-        for name, md5 in ARCHIVES.items():
-            if (root / name).exists():
-                return _checked(*_read_archive(root / name, md5), f"archive {root / name}")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise DataError(f"--data-dir {data_dir} does not exist; point it at the folder holding cifar-10-batches-py")
+    roots = [Path(data_dir)] if data_dir is not None else [Path(NOTE_DATA_DIR)] if Path(NOTE_DATA_DIR).is_dir() else []
+    for root in roots:
+        found = _from_folder(root)
+        if found is not None:
+            return found
         tried.append(f"{root} (no cifar-10-batches-py/, cifar-10-batches-bin/ or official archive)")
     if use_tfds:
         try:
-            return _checked(*_read_tfds(), "tensorflow-datasets cifar10")
+            import tensorflow_datasets  # noqa: F401
         except ImportError:
             tried.append("tensorflow-datasets (not installed: pip install 'lightnets_jax[tfds]')")
-        except Exception as err:  # offline, not prepared, ...
-            tried.append(f"tensorflow-datasets ({type(err).__name__}: {str(err).splitlines()[0][:120]})")
+        else:
+            try:
+                return _checked(*_read_tfds(), "tensorflow-datasets cifar10")
+            except Exception as err:  # offline, not prepared, a module its download needs missing, ...
+                tried.append(f"tensorflow-datasets, installed but it could not provide cifar10 ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:120]})")
     raise DataError("CIFAR-10 not found; tried " + "; ".join(tried or ["nothing"]) +
                     f". Pass --data-dir DIR (or set {ENV_VAR}) holding cifar-10-batches-py/ as torchvision leaves it")
+
+
+def _from_folder(root: Path) -> Cifar10 | None:
+    """CIFAR-10 from the official python or binary layout or archive in (or at) ``root``, if any."""
+    for folder in (root / "cifar-10-batches-py", root):
+        if (folder / "test_batch").exists():
+            return _checked(*_read_python_layout(folder), f"python layout at {folder}")
+    for folder in (root / "cifar-10-batches-bin", root):
+        if (folder / "test_batch.bin").exists():
+            return _checked(*_read_binary_layout(folder), f"binary layout at {folder}")
+    for name, md5 in ARCHIVES.items():
+        if (root / name).exists():
+            return _checked(*_read_archive(root / name, md5), f"archive {root / name}")
+    return None
 
 
 def _unpickle(path: Path) -> dict:
