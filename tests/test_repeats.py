@@ -53,6 +53,10 @@ def test_report_puts_folders_side_by_side(tmp_path, capsys):
     assert "| label smoothing | 0.1 | 0.0 |" in table  # one recipe name, two recipes: the table tells them apart
     assert "| optimizer.learning_rate | 0.001 | 0.002 |" in table  # so does every other setting that differs
     assert "optimizer.name" not in table and "| seed |" not in table
+    plot = tmp_path / "both.png"
+    assert cli.main(["report", str(tmp_path / "many"), str(tmp_path / "one"), "--plot", str(plot)]) == 0
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
     assert cli.main(["report", str(tmp_path / "one"), "--csv"]) == 0
     assert capsys.readouterr().out.splitlines()[1:5] == ["split,stratified(test_ratio=0.9)", "epochs,3",
                                                           "label smoothing,0.0", "OA,97.00"]

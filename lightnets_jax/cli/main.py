@@ -70,9 +70,16 @@ def _train_repeats(args, config) -> int:
 def _report(args) -> int:
     from lightnets_jax.reports import repeats as tables
 
-    text = tables.side_by_side([Path(f) for f in args.folders], "csv" if args.csv else "markdown")
+    folders = [Path(f) for f in args.folders]
+    text = tables.side_by_side(folders, "csv" if args.csv else "markdown")
     if args.out:
         Path(args.out).write_text(text)
+    if args.plot:
+        from lightnets_jax.reports import plots
+
+        summaries = [tables.load(f) for f in folders]
+        names = [tables.column_name(summary, folder) for summary, folder in zip(summaries, folders)]
+        plots.save_repeats_summary(Path(args.plot), summaries, names)
     print(text, end="")
     return 0
 
@@ -363,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("folders", nargs="+", metavar="WORKDIR")
     report.add_argument("--csv", action="store_true", help="CSV instead of Markdown")
     report.add_argument("--out", help="also write the table to this file")
+    report.add_argument("--plot", metavar="PNG", help="also draw the folders side by side: each score and class, "
+                        "mean with min to max")
     report.set_defaults(func=_report)
 
     export = sub.add_parser("export", help="a model as ONNX or serialized StableHLO (jax.export), batch size symbolic")

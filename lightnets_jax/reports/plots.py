@@ -77,25 +77,35 @@ def save_training_curves(path: Path, history: list[dict]) -> None:
     plt.close(fig)
 
 
-def save_repeats_summary(path: Path, summary: dict) -> None:
-    """A repeat run's scores and per-class accuracies: bars at the mean, lines from min to max,
-    and each class's spread at a glance where the table needs a careful read."""
+def save_repeats_summary(path: Path, summaries: list[dict], labels: list[str] | None = None) -> None:
+    """Scores and per-class accuracies of one or more repeat runs (or single runs) side by side:
+    a bar at each mean, a line from min to max; each class's spread at a glance where the table
+    needs a careful read. ``labels`` name the runs in the legend (several summaries)."""
     plt = _pyplot()
-    rows = [(label, summary["scores"][key]) for label, key in SCORES] + list(summary["per_class"].items())
-    rows = [(label, stats) for label, stats in rows if stats["mean"] is not None]
-    means = np.array([stats["mean"] for _, stats in rows])
-    low = means - np.array([stats["min"] for _, stats in rows])
-    high = np.array([stats["max"] for _, stats in rows]) - means
-    colors = ["tab:blue"] * len(SCORES) + ["tab:gray"] * (len(rows) - len(SCORES))
-    fig, ax = plt.subplots(figsize=(7, 0.3 * len(rows) + 1.5))
-    positions = np.arange(len(rows))[::-1]
-    ax.barh(positions, means, xerr=[low, high], color=colors, capsize=2)
-    ax.set_yticks(positions, [label for label, _ in rows], fontsize=8)
-    ax.set_xlim(max(0.0, float((means - low).min()) - 5), 100.5)
+    rows = [(label, key, True) for label, key in SCORES]
+    rows += [(name, name, False) for name in dict.fromkeys(n for s in summaries for n in s["per_class"])]
+    height = 0.8 / len(summaries)
+    fig, ax = plt.subplots(figsize=(7, (0.3 + 0.12 * (len(summaries) - 1)) * len(rows) + 1.5))
+    positions = np.arange(len(rows))[::-1].astype(float)
+    lowest = 100.0
+    for k, summary in enumerate(summaries):
+        stats = [(summary["scores"] if score else summary["per_class"]).get(key) for _, key, score in rows]
+        shown = [i for i, st in enumerate(stats) if st is not None and st["mean"] is not None]
+        means = np.array([stats[i]["mean"] for i in shown])
+        spread = [means - [stats[i]["min"] for i in shown], [stats[i]["max"] for i in shown] - means]
+        offset = (len(summaries) - 1) / 2 * height - k * height
+        ax.barh(positions[shown] + offset, means, height=height, xerr=spread, capsize=2, color=f"C{k}",
+                label=labels[k] if labels else None)
+        lowest = min(lowest, float(np.min(means - spread[0])))
+    ax.set_yticks(positions, [label for label, _, _ in rows], fontsize=8)
+    ax.set_xlim(max(0.0, lowest - 5), 100.5)
     ax.set_xlabel("accuracy (%): mean, min to max")
-    oa = summary["scores"]["overall_accuracy"]
-    title = f"{summary['model']} on {summary['scene']}: {summary['runs']} runs, OA {oa['mean']:.2f} ± {oa['std']:.2f}"
-    ax.set_title(title, fontsize=10)
+    if len(summaries) == 1:
+        oa = summaries[0]["scores"]["overall_accuracy"]
+        ax.set_title(f"{summaries[0]['model']} on {summaries[0]['scene']}: {summaries[0]['runs']} runs, "
+                     f"OA {oa['mean']:.2f} ± {oa['std']:.2f}", fontsize=10)
+    elif labels:
+        ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0))  # above the bars, never over them
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)

@@ -106,10 +106,15 @@ def _flatten(config: dict, prefix: str = "") -> dict:
     return flat
 
 
+def column_name(summary: dict, folder: Path) -> str:
+    """What a folder's column (or legend entry) is called: model, recipe, folder, runs."""
+    return f"{summary['model']} {summary['recipe']} ({Path(folder).name}, n={summary['runs']})"
+
+
 def side_by_side(folders: list[Path], fmt: str = "markdown") -> str:
     """Several runs or repeat folders as one table: a column each, scores and classes as rows."""
     summaries = [load(f) for f in folders]
-    headers = [f"{s['model']} {s['recipe']} ({Path(f).name}, n={s['runs']})" for s, f in zip(summaries, folders)]
+    headers = [column_name(s, f) for s, f in zip(summaries, folders)]
     rows = [["split"] + [" / ".join(protocols(s)) for s in summaries], ["epochs"] + [str(s["epochs"]) for s in summaries],
             # the default recipe's smoothing changed (0 -> 0.1): older summaries lack the field
             ["label smoothing"] + [str(s.get("label_smoothing", "")) for s in summaries]]

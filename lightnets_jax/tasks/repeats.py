@@ -86,7 +86,7 @@ def train(config: hyperspectral.HSIConfig, workdir: Path, seeds: list[int], fixe
     summary = tables.summarize([reports[seed] for seed in seeds], seeds)
     checkpoint.write_json(workdir / "summary.json", summary)
     checkpoint.atomic_write(workdir / "summary.md", tables.to_markdown(summary).encode())
-    plots.save_repeats_summary(workdir / "summary.png", summary)
+    plots.save_repeats_summary(workdir / "summary.png", [summary])
     return summary
 
 
