@@ -1,5 +1,7 @@
 """Shared by the tests: markers and the comparison of a fast kernel with its reference."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,6 +46,26 @@ def write_tiny_scene(folder, height: int = 16, width: int = 16, bands: int = 20,
     np.save(Path(folder) / f"{name}.npy", cube)
     np.save(Path(folder) / "gt.npy", labels)
     return Path(folder) / f"{name}.npy", Path(folder) / "gt.npy"
+
+
+def write_envi(binary, raster, interleave: str = "bsq", big_endian: bool = False, code: int = 4,
+               offset: int = 0, extra: str = "") -> None:
+    """``raster`` (lines, samples, bands) as an ENVI binary at ``binary`` with ``binary``.hdr
+    beside it (the header name AVIRIS products use)."""
+    from lightnets_jax.data import envi
+
+    binary = Path(binary)
+    axes, _ = envi.LAYOUTS[interleave]
+    order = {"lines": 0, "samples": 1, "bands": 2}
+    stored = np.ascontiguousarray(raster.transpose([order[a] for a in axes]))
+    dtype = np.dtype(envi.DTYPES.get(code, np.float32)).newbyteorder(">" if big_endian else "<")
+    binary.write_bytes(b"\0" * offset + stored.astype(dtype).tobytes())
+    lines, samples, bands = raster.shape
+    Path(str(binary) + ".hdr").write_text(
+        f"ENVI\ndescription = {{written by the tests,\n  two lines}}\nsamples = {samples}\nlines   = {lines}\n"
+        f"bands = {bands}\nheader offset = {offset}\nfile type = ENVI Standard\ndata type = {code}\n"
+        f"interleave = {interleave}\nbyte order = {int(big_endian)}\n"
+        f"wavelength = {{\n {', '.join(str(400 + 10 * b) for b in range(bands))}}}\n{extra}")
 
 
 def import_torchvision_and_timm():

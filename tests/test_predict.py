@@ -10,7 +10,7 @@ import pytest
 from lightnets_jax import cli
 from lightnets_jax.tasks import hyperspectral, predict
 from lightnets_jax.training.engine import OptimizerConfig
-from tests.support import write_tiny_scene
+from tests.support import write_envi, write_tiny_scene
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +54,17 @@ def test_a_new_scene_uses_the_runs_own_pca(run, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "own" / "classification_map.npy"),
                                   np.load(tmp_path / "new" / "classification_map.npy"))
     assert (own["scene"], new["scene"]) == ("cube", "flight")  # scenes of one's own go by their file's name
+
+
+def test_an_envi_flight_line_maps_like_the_same_cube_as_npy(run, tmp_path):
+    cube = np.load(run / "cube.npy")
+    write_envi(tmp_path / "flight.img", cube, "bil", big_endian=True)  # AVIRIS-style: BIL, big-endian
+    args = ["predict", "--workdir", str(run / "run"), "--cube", str(tmp_path / "flight.img.hdr"), "--out"]
+    assert cli.main(args + [str(tmp_path / "envi")]) == 0
+    predict.predict(run / "run", cube=str(run / "cube.npy"), out=tmp_path / "npy", log=lambda *_: None)
+    np.testing.assert_array_equal(np.load(tmp_path / "envi" / "classification_map.npy"),
+                                  np.load(tmp_path / "npy" / "classification_map.npy"))
+    assert json.loads((tmp_path / "envi" / "prediction.json").read_text())["scene"] == "flight"
 
 
 def test_masked_nodata_pixels_stay_unclassified(run, tmp_path):

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lightnets_jax.data import envi
+
 INDIAN_PINES_CLASSES = (
     "Alfalfa", "Corn-notill", "Corn-mintill", "Corn", "Grass-pasture", "Grass-trees", "Grass-pasture-mowed",
     "Hay-windrowed", "Oats", "Soybean-notill", "Soybean-mintill", "Soybean-clean", "Wheat", "Woods",
@@ -100,18 +102,23 @@ def _bundled_indian_pines() -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_array(path: str | Path, key: str | None, ndim: int) -> np.ndarray:
-    """Read a .npy or .mat (v5 via scipy, v7.3/HDF5 via h5py) array of the given rank."""
+    """Read a .npy, .mat (v5 via scipy, v7.3/HDF5 via h5py) or ENVI (.hdr beside a raw binary;
+    a class map is its one band) array of the given rank."""
     path = Path(path)
     if path.is_dir():
-        raise DataError(f"cannot read {path}: it is a folder; pass the file itself (.npy or .mat)")
+        raise DataError(f"cannot read {path}: it is a folder; pass the file itself (.npy, .mat or ENVI .hdr)")
     if not path.is_file():
         raise DataError(f"cannot read {path}: no such file")
     try:
         if path.suffix == ".npy":
             return np.load(path)
+        if path.suffix != ".mat" and envi.header_of(path) is not None:
+            return _read_envi(path, key, ndim)
         if path.suffix != ".mat":
-            raise DataError(f"cannot read {path}: expected a .npy or .mat file")
+            raise DataError(f"cannot read {path}: expected a .npy or .mat file, or an ENVI raster with its .hdr")
         arrays = _read_mat(path)
+    except envi.EnviError as err:
+        raise DataError(str(err)) from None
     except DataError:
         raise
     except Exception as err:  # corrupt file: name it and the reason, not a stack of scipy internals
@@ -126,6 +133,26 @@ def read_array(path: str | Path, key: str | None, ndim: int) -> np.ndarray:
         found = ", ".join(f"{k} {np.shape(v)}" for k, v in arrays.items()) or "none"
         raise DataError(f"{path}: {len(candidates)} candidate {ndim}-d arrays ({found}); name one with {flag}")
     return arrays[candidates[0]]
+
+
+def file_scene_name(path: str | Path) -> str:
+    """What a scene of one's own is called: its file's name without the suffix (an ENVI header's
+    without its binary's suffix too: ``flight.img.hdr`` is ``flight``)."""
+    path = Path(path)
+    if path.suffix.lower() == ".hdr" and Path(path.stem).suffix.lower() in envi.BINARY_SUFFIXES:
+        return Path(path.stem).stem
+    return path.stem
+
+
+def _read_envi(path: Path, key: str | None, ndim: int) -> np.ndarray:
+    if key is not None:
+        raise DataError(f"{path} is an ENVI raster, one array: --cube-key and --gt-key name arrays in .mat files")
+    raster = envi.read(path)
+    if ndim == 2:
+        if raster.shape[-1] != 1:
+            raise DataError(f"{path} has {raster.shape[-1]} bands; a ground-truth map is one band of class numbers")
+        return raster[..., 0]
+    return raster
 
 
 def _read_mat(path: Path) -> dict[str, np.ndarray]:

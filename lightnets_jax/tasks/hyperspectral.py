@@ -97,7 +97,7 @@ def make_config(recipe: str = "default", **overrides) -> HSIConfig:
 def scene_name(scene: str | None, cube: str | None) -> str | None:
     """What a run calls its scene: the one named, else a cube of one's own by its file's name
     (never Indian Pines', whose class names it would borrow), else None (the config's)."""
-    return scene or (Path(cube).stem if cube else None)
+    return scene or (hsi.file_scene_name(cube) if cube else None)
 
 
 @dataclasses.dataclass

@@ -37,7 +37,7 @@ def predict(workdir: Path, cube: str | None = None, gt: str | None = None, cube_
         raise FileNotFoundError(f"{workdir} holds no checkpoint; train there first or finish the run with --resume")
     if gt is not None and cube is None:
         raise ValueError("--gt needs --cube (the ground truth of which scene?)")
-    name = Path(cube).stem if cube else config.scene
+    name = hyperspectral.scene_name(None, cube) or config.scene
     out = Path(out) if out else workdir / "predict" / name
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
