@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from lightnets_jax import cli
+from lightnets_jax.data import envi
+from lightnets_jax.data import hyperspectral as hsi
 from lightnets_jax.tasks import hyperspectral, predict
 from lightnets_jax.training.engine import OptimizerConfig
 from tests.support import write_envi, write_tiny_scene
@@ -58,13 +60,21 @@ def test_a_new_scene_uses_the_runs_own_pca(run, tmp_path):
 
 def test_an_envi_flight_line_maps_like_the_same_cube_as_npy(run, tmp_path):
     cube = np.load(run / "cube.npy")
-    write_envi(tmp_path / "flight.img", cube, "bil", big_endian=True)  # AVIRIS-style: BIL, big-endian
+    where = "map info = {UTM, 1.000, 1.000, 724522.0, 3846498.0, 15.0, 15.0, 11, North, WGS-84}\n"
+    write_envi(tmp_path / "flight.img", cube, "bil", big_endian=True, extra=where)  # AVIRIS-style: BIL, big-endian
     args = ["predict", "--workdir", str(run / "run"), "--cube", str(tmp_path / "flight.img.hdr"), "--out"]
     assert cli.main(args + [str(tmp_path / "envi")]) == 0
     predict.predict(run / "run", cube=str(run / "cube.npy"), out=tmp_path / "npy", log=lambda *_: None)
     np.testing.assert_array_equal(np.load(tmp_path / "envi" / "classification_map.npy"),
                                   np.load(tmp_path / "npy" / "classification_map.npy"))
     assert json.loads((tmp_path / "envi" / "prediction.json").read_text())["scene"] == "flight"
+    # The map goes back out as an ENVI classification on the flight line's grid.
+    mapped = hsi.read_array(tmp_path / "envi" / "classification_map.img", None, ndim=2)
+    np.testing.assert_array_equal(mapped, np.load(tmp_path / "npy" / "classification_map.npy"))
+    header = envi.parse_header((tmp_path / "envi" / "classification_map.img.hdr").read_text())
+    assert header["file type"] == "ENVI Classification" and header["classes"] == "4"
+    assert header["map info"] == where.split(" = ")[1].strip() and header["class names"].startswith("{Unclassified, ")
+    assert not (tmp_path / "npy" / "classification_map.img").exists()  # a .npy cube has no grid to carry
 
 
 def test_masked_nodata_pixels_stay_unclassified(run, tmp_path):

@@ -1,5 +1,6 @@
 """ENVI rasters (a text ``.hdr`` beside a raw binary file), the format flight lines come in
-(AVIRIS, HyMap, PRISMA exports), read as (lines, samples, bands) without GDAL.
+(AVIRIS, HyMap, PRISMA exports), read as (lines, samples, bands) without GDAL, and class maps
+written back as ENVI classification files that GIS tools overlay on the flight line.
 
 The header names the shape (``samples``, ``lines``, ``bands``), ``data type``, ``interleave``
 (``bsq``, ``bil`` or ``bip``), ``byte order`` and ``header offset``; the binary is mapped, not read
@@ -103,3 +104,28 @@ def _binary_of(header: Path, named: str | Path) -> Path:
             return candidate
     raise EnviError(f"no binary beside {header}: expected {stem.name} with one of the suffixes "
                     + ", ".join(repr(s) for s in BINARY_SUFFIXES))
+
+
+# Where a raster sits on the ground: copied from a flight line's header to the map made of it.
+GEOREFERENCE_FIELDS = ("map info", "coordinate system string", "projection info", "pixel size")
+
+
+def write_classification(binary: Path, class_map: np.ndarray, class_names, colors: np.ndarray,
+                         source: Path | None = None) -> None:
+    """``class_map`` (lines, samples; 0 = unclassified, 1..K) as an ENVI classification file:
+    ``binary`` and ``binary.hdr`` with the class names and colours, and the georeferencing of the
+    ENVI raster ``source`` (header or binary) when there is one, so the map lies on its flight line."""
+    classes = len(class_names) + 1
+    dtype = np.uint8 if classes <= 256 else np.uint16
+    binary.write_bytes(np.ascontiguousarray(class_map, dtype=np.dtype(dtype).newbyteorder("<")).tobytes())
+    names = ", ".join(name.replace(",", ";") for name in ("Unclassified", *class_names))
+    lookup = ", ".join(str(int(v)) for v in np.asarray(colors[:classes]).reshape(-1))
+    lines = ["ENVI", "description = {HybridSN class map (lightnets_jax)}", f"samples = {class_map.shape[1]}",
+             f"lines = {class_map.shape[0]}", "bands = 1", "header offset = 0", "file type = ENVI Classification",
+             f"data type = {1 if dtype == np.uint8 else 12}", "interleave = bsq", "byte order = 0",
+             f"classes = {classes}", f"class names = {{{names}}}", f"class lookup = {{{lookup}}}"]
+    header = header_of(source) if source is not None else None
+    if header is not None:
+        fields = parse_header(header.read_text(errors="replace"), str(header))
+        lines += [f"{key} = {fields[key]}" for key in GEOREFERENCE_FIELDS if key in fields]
+    Path(str(binary) + ".hdr").write_text("\n".join(lines) + "\n")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lightnets_jax.data import envi
 from lightnets_jax.data import hyperspectral as hsi
 from lightnets_jax.reports import plots
 from lightnets_jax.tasks import hyperspectral, load_run, scene_map
@@ -61,7 +62,7 @@ def predict(workdir: Path, cube: str | None = None, gt: str | None = None, cube_
               "unclassified_pixels": int(0 if nodata is None else nodata.sum()),
               "wall_seconds": time.perf_counter() - tic,
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    _write(out, overwrite, class_map, labels, class_names, mapped.probabilities, record, config.model)
+    _write(out, overwrite, class_map, labels, class_names, mapped.probabilities, record, config.model, cube)
     log(f"{name}: {height}x{width} pixels mapped in {mapped.seconds:.1f} s ({record['pixels_per_s']:.0f} pixels/s, "
         f"{method}); files in {out}")
     return record
@@ -107,11 +108,15 @@ def _nodata(cube: np.ndarray, mask_nodata: bool) -> np.ndarray | None:
     return ~finite | ~np.any(np.where(np.isfinite(cube), cube, 0) != 0, axis=-1)
 
 
-def _write(out: Path, overwrite: bool, class_map, labels, class_names, probabilities, record, model_name) -> None:
+def _write(out: Path, overwrite: bool, class_map, labels, class_names, probabilities, record, model_name,
+           cube: str | None) -> None:
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     np.save(tmp / "classification_map.npy", class_map)
+    if cube is not None and envi.header_of(cube) is not None:  # an ENVI flight line: a map GIS tools overlay on it
+        envi.write_classification(tmp / "classification_map.img", class_map, class_names,
+                                  plots.class_colors(len(class_names)), source=Path(cube))
     plots.save_classification_map(tmp / "classification_map.png", class_map, labels, class_names,
                                   f"{model_name} on {record['scene']}")
     if probabilities is not None:
