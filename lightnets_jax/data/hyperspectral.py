@@ -111,7 +111,7 @@ def read_array(path: str | Path, key: str | None, ndim: int) -> np.ndarray:
         raise DataError(f"cannot read {path}: no such file")
     try:
         if path.suffix == ".npy":
-            return np.load(path)
+            return np.load(path, mmap_mode="r")  # mapped: large cubes are read block by block
         if path.suffix != ".mat" and envi.header_of(path) is not None:
             return _read_envi(path, key, ndim)
         if path.suffix != ".mat":
@@ -217,18 +217,22 @@ def fit_pca(cube: np.ndarray, components: int, whiten: bool = True, fit_mask: np
     return pca.fit(flat if fit_mask is None else flat[fit_mask.reshape(-1)])
 
 
-def pca_transform(pca, cube: np.ndarray) -> np.ndarray:
-    """``cube`` (H, W, bands) through a fitted PCA, float32, in row blocks (sklearn centres a copy
-    of its input: a second cube at once otherwise)."""
+def pca_transform(pca, cube: np.ndarray, nodata: np.ndarray | None = None) -> np.ndarray:
+    """``cube`` (H, W, bands; any dtype, memory-mapped or not) through a fitted PCA, float32, in
+    blocks of rows (sklearn centres a copy of its input: a second cube at once otherwise). Pixels
+    where the (H, W) mask ``nodata`` is set go through as zero spectra."""
     height, width, bands = cube.shape
     if bands != pca.n_features_in_:
         raise DataError(f"the cube has {bands} bands but the PCA was fitted on {pca.n_features_in_}; "
                         "pass a cube of the same sensor and band selection")
-    flat = cube.reshape(-1, bands)
-    reduced = np.empty((len(flat), pca.n_components_), np.float32)
-    for start in range(0, len(flat), PCA_BLOCK):
-        reduced[start:start + PCA_BLOCK] = pca.transform(flat[start:start + PCA_BLOCK])
-    return reduced.reshape(height, width, pca.n_components_)
+    reduced = np.empty((height, width, pca.n_components_), np.float32)
+    rows = max(1, PCA_BLOCK // width)  # whole rows: a block of a memory-mapped file's view is all that is read
+    for row in range(0, height, rows):
+        block = np.array(cube[row:row + rows], np.float32).reshape(-1, bands)  # a copy: masking writes it
+        if nodata is not None:
+            block[nodata[row:row + rows].reshape(-1)] = 0
+        reduced[row:row + rows] = pca.transform(block).reshape(-1, width, pca.n_components_)
+    return reduced
 
 
 _PCA_FIELDS = ("mean_", "components_", "explained_variance_", "n_components_", "n_features_in_")

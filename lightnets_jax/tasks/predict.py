@@ -43,11 +43,10 @@ def predict(workdir: Path, cube: str | None = None, gt: str | None = None, cube_
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
     scene_cube, labels, class_names, pca = _scene(config, workdir, cube, gt, cube_key, gt_key)
-    nodata = _nodata(scene_cube, mask_nodata)
-    if nodata is not None:
-        scene_cube = np.where(nodata[..., None], 0, scene_cube).astype(np.float32)
     hsi.check_window(config.patch_size, *scene_cube.shape[:2])
-    padded = hsi.pad_cube(hsi.pca_transform(pca, scene_cube), config.patch_size)
+    nodata = _nodata(scene_cube, mask_nodata)
+    # Block by block (a memory-mapped cube is never copied whole); no-data pixels as zero spectra.
+    padded = hsi.pad_cube(hsi.pca_transform(pca, scene_cube, nodata), config.patch_size)
     del scene_cube
     model, variables, epoch = hyperspectral.trained_model(workdir, config, len(class_names))
     mapped = scene_map.predict_scene(model, variables, padded, method, probabilities, tile=tile, desc=f"map {name}")
@@ -93,19 +92,24 @@ def _scene(config, workdir: Path, cube, gt, cube_key, gt_key):
         if labels.shape != new_cube.shape[:2]:
             raise hsi.DataError(f"{gt} is {labels.shape[0]}x{labels.shape[1]} but the cube is "
                                 f"{new_cube.shape[0]}x{new_cube.shape[1]}")
-    return new_cube.astype(np.float32, copy=False), labels, hyperspectral.class_names(workdir, config), pca
+    return new_cube, labels, hyperspectral.class_names(workdir, config), pca
 
 
 def _nodata(cube: np.ndarray, mask_nodata: bool) -> np.ndarray | None:
     """Pixels to leave unclassified (spectrum all zero or not finite) with ``mask_nodata``; without
-    it, a DataError if any value is not finite."""
-    finite = np.isfinite(cube).all(axis=-1)
+    it, a DataError if any value is not finite. Read in blocks of rows, like the PCA."""
+    finite, empty = np.empty(cube.shape[:2], bool), np.empty(cube.shape[:2], bool)
+    rows = max(1, hsi.PCA_BLOCK // cube.shape[1])
+    for row in range(0, cube.shape[0], rows):
+        block = np.asarray(cube[row:row + rows])
+        finite[row:row + rows] = np.isfinite(block).all(axis=-1)
+        empty[row:row + rows] = ~np.any(np.where(np.isfinite(block), block, 0) != 0, axis=-1)
     if not mask_nodata:
         if not finite.all():
             raise hsi.DataError(f"the cube has {int((~finite).sum())} pixels with NaN or inf values; pass "
                                 "--mask-nodata to leave them (and all-zero pixels) unclassified")
         return None
-    return ~finite | ~np.any(np.where(np.isfinite(cube), cube, 0) != 0, axis=-1)
+    return ~finite | empty
 
 
 def _write(out: Path, overwrite: bool, class_map, labels, class_names, probabilities, record, model_name,
