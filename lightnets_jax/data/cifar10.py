@@ -52,7 +52,10 @@ def load(data_dir: str | Path | None = None, use_tfds: bool = True) -> Cifar10:
     tried = []
     if data_dir is not None and not Path(data_dir).is_dir():
         raise DataError(f"--data-dir {data_dir} does not exist; point it at the folder holding cifar-10-batches-py")
-    roots = [Path(data_dir)] if data_dir is not None else [Path(NOTE_DATA_DIR)] if Path(NOTE_DATA_DIR).is_dir() else []
+    if data_dir is not None:
+        roots = [Path(data_dir)]
+    else:  # the note's download folder, where there is one
+        roots = [Path(NOTE_DATA_DIR)] if Path(NOTE_DATA_DIR).is_dir() else []
     for root in roots:
         found = _from_folder(root)
         if found is not None:
