@@ -54,3 +54,17 @@ def test_bad_headers_and_binaries_are_one_line_naming_the_file(tmp_path):
     (tmp_path / "flight.tif").write_bytes(b"II*\0")
     with pytest.raises(hsi.DataError, match="expected a .npy or .mat file, or an ENVI raster with its .hdr"):
         hsi.read_array(tmp_path / "flight.tif", None, ndim=3)
+
+
+def test_an_envi_class_map_names_its_classes_for_training(tmp_path):
+    from tests.support import write_tiny_scene
+
+    write_tiny_scene(tmp_path)
+    gt = np.load(tmp_path / "gt.npy")
+    write_envi(tmp_path / "gt.img", gt[..., None].astype(np.uint8), code=1,
+               extra="file type = ENVI Classification\nclass names = {Unclassified, wheat, barley,\n oats}\n")
+    scene = hsi.load_scene("field", str(tmp_path / "cube.npy"), str(tmp_path / "gt.img.hdr"))
+    assert scene.class_names == ("wheat", "barley", "oats")  # the tiny scene has classes 1..3
+    np.testing.assert_array_equal(scene.labels, gt)
+    write_envi(tmp_path / "plain.img", gt[..., None].astype(np.uint8), code=1)  # no names: numbered
+    assert hsi.load_scene("field", str(tmp_path / "cube.npy"), str(tmp_path / "plain.img")).class_names[0] == "class 1"

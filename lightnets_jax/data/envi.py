@@ -80,6 +80,17 @@ def read(path: str | Path) -> np.ndarray:
     return data.transpose(to_lsb)
 
 
+def class_names(path: str | Path) -> tuple[str, ...] | None:
+    """The names of classes 1..K in an ENVI classification's header (its ``class names`` list,
+    whose first entry is class 0, unclassified); None without such a header or list."""
+    header = header_of(path)
+    if header is None:
+        return None
+    listed = parse_header(header.read_text(errors="replace"), str(header)).get("class names", "")
+    names = [name.strip() for name in listed.strip("{}").split(",") if name.strip()]
+    return tuple(names[1:]) or None
+
+
 def _integer(fields: dict[str, str], key: str, header: Path, default: int | None = None) -> int:
     if key not in fields:
         if default is not None:

@@ -68,7 +68,7 @@ def load_scene(
 ) -> Scene:
     """Load a scene: explicit files, ``data_dir`` with the usual file names, or the bundled Indian
     Pines. A scene of one's own (``scene`` not a known one) has its classes numbered unless
-    ``class_names`` names them."""
+    ``class_names`` names them or its ground truth is an ENVI classification that does."""
     if scene not in SCENES and cube_path is None:
         raise DataError(f"unknown scene {scene!r}; choose one of {', '.join(SCENES)} or pass --cube FILE --gt FILE")
     if (cube_path is None) != (gt_path is None):
@@ -88,6 +88,9 @@ def load_scene(
     if class_names is not None and len(class_names) != num_classes:
         raise DataError(f"{len(class_names)} class names given but the ground truth has {num_classes} classes")
     names = class_names or SCENES.get(scene, {}).get("classes", ())
+    if not names and gt_path is not None and Path(gt_path).suffix != ".mat":  # an ENVI classification names them
+        listed = envi.class_names(gt_path) or ()
+        names = listed[:num_classes] if len(listed) >= num_classes else ()
     if len(names) != num_classes:
         names = tuple(f"class {i}" for i in range(1, num_classes + 1))
     return Scene(scene, cube, gt, tuple(names))
