@@ -4,14 +4,15 @@ and ``lightnets predict`` on large synthetic scenes (wall time, peak memory, pix
 
     python scripts/bench_scene_map.py                    # both parts
     python scripts/bench_scene_map.py --parts indian_pines --repeats 3
-    python scripts/bench_scene_map.py --parts scenes --sides 500 1000
+    python scripts/bench_scene_map.py --parts scenes --sides 500 1000 --formats npy envi
 
 Part ``indian_pines``: the 145 x 145 map of the bundled scene with a randomly initialised
 ``hybridsn`` (speed does not depend on the weights), both methods in this process after one
 untimed run each (compilation), the median of ``--repeats`` dense maps against
 ``--patch-repeats`` patch-by-patch ones. Part ``scenes``: a small run is trained
 for one epoch on a 40 x 40 x 200 scene, then ``lightnets predict --cube`` maps side x side x 200
-float32 cubes in a fresh process each (PCA transform included); peak RSS is the child's.
+float32 cubes (``.npy``, or ENVI as AVIRIS ships them) in a fresh process each (PCA transform
+included); peak RSS is the child's, peak anonymous memory its sampled ``RssAnon``.
 Prints one JSON line per measurement.
 """
 
@@ -81,31 +82,66 @@ def train_small_run(folder: Path) -> Path:
     return folder / "run"
 
 
-def scenes(sides: list[int]) -> list[dict]:
+def write_cube(path: Path, side: int, fmt: str) -> Path:
+    """A side x side x 200 float32 cube of noise, written in slabs (the script itself stays small):
+    ``npy``, or ``envi`` as AVIRIS ships flight lines (BIL, big-endian, ``.hdr`` beside it)."""
+    rng = np.random.default_rng(side)
+    slabs = ((row, rng.standard_normal((min(100, side - row), side, 200), np.float32)) for row in range(0, side, 100))
+    if fmt == "npy":
+        cube = np.lib.format.open_memmap(path.with_suffix(".npy"), "w+", np.float32, (side, side, 200))
+        for row, slab in slabs:
+            cube[row:row + len(slab)] = slab
+        del cube
+        return path.with_suffix(".npy")
+    with open(path.with_suffix(".img"), "wb") as f:
+        for _, slab in slabs:
+            f.write(np.ascontiguousarray(slab.transpose(0, 2, 1)).astype(">f4").tobytes())  # lines, bands, samples
+    path.with_suffix(".img.hdr").write_text(f"ENVI\nsamples = {side}\nlines = {side}\nbands = 200\nheader offset = 0\n"
+                                            "data type = 4\ninterleave = bil\nbyte order = 1\n")
+    return path.with_suffix(".img")
+
+
+def run_sampling_memory(command: list[str]) -> int:
+    """Run ``command``; its peak anonymous memory in kB (``RssAnon``, sampled every 0.2 s): unlike
+    peak RSS it leaves out the pages of a memory-mapped cube, which the kernel can drop."""
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while child.poll() is None:
+        try:
+            status = Path(f"/proc/{child.pid}/status").read_text()
+            peak = max(peak, int(next(line.split()[1] for line in status.splitlines() if line.startswith("RssAnon"))))
+        except (OSError, StopIteration):
+            pass
+        time.sleep(0.2)
+    if child.returncode:
+        raise subprocess.CalledProcessError(child.returncode, command, stderr=child.stderr.read())
+    return peak
+
+
+def scenes(sides: list[int], formats: list[str]) -> list[dict]:
     results = []
     with tempfile.TemporaryDirectory(dir=".") as tmp:
         folder = Path(tmp)
         workdir = train_small_run(folder)
         for side in sides:
-            cube_path = folder / f"cube_{side}.npy"
-            cube = np.lib.format.open_memmap(cube_path, "w+", np.float32, (side, side, 200))
-            rng = np.random.default_rng(side)
-            for row in range(0, side, 100):  # written in slabs: the script itself stays small
-                cube[row:row + 100] = rng.standard_normal((min(100, side - row), side, 200), np.float32)
-            del cube
-            command = [sys.executable, "-m", "lightnets_jax.cli", "predict", "--workdir", str(workdir),
-                       "--cube", str(cube_path), "--out", str(folder / f"map_{side}")]
-            tic = time.perf_counter()
-            before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-            subprocess.run(command, check=True, capture_output=True, text=True)
-            wall = time.perf_counter() - tic
-            peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-            record = json.loads((folder / f"map_{side}" / "prediction.json").read_text())
-            results.append({"part": "scene", "side": side, "bands": 200, "wall_seconds": wall,
-                            "map_seconds": record["map_seconds"], "pixels_per_s": record["pixels_per_s"],
-                            "tile": record["tile"], "peak_rss_mb": max(peak, before) / 1024,
-                            "peak_rss_note": "the largest child so far" if peak == before else "this child"})
-            cube_path.unlink()
+            for fmt in formats:
+                cube_path = write_cube(folder / f"cube_{side}", side, fmt)
+                out = folder / f"map_{side}_{fmt}"
+                command = [sys.executable, "-m", "lightnets_jax.cli", "predict", "--workdir", str(workdir),
+                           "--cube", str(cube_path), "--out", str(out)]
+                tic = time.perf_counter()
+                before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+                anonymous = run_sampling_memory(command)
+                wall = time.perf_counter() - tic
+                peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+                record = json.loads((out / "prediction.json").read_text())
+                results.append({"part": "scene", "side": side, "bands": 200, "format": fmt, "wall_seconds": wall,
+                                "map_seconds": record["map_seconds"], "pixels_per_s": record["pixels_per_s"],
+                                "tile": record["tile"], "peak_rss_mb": max(peak, before) / 1024,
+                                "peak_rss_note": "the largest child so far" if peak == before else "this child",
+                                "peak_anonymous_mb": anonymous / 1024})
+                for leftover in folder.glob(f"cube_{side}.*"):
+                    leftover.unlink()
     return results
 
 
@@ -115,12 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed dense maps (median)")
     parser.add_argument("--patch-repeats", type=int, default=1, help="timed patch-by-patch maps (a minute each)")
     parser.add_argument("--sides", type=int, nargs="+", default=[500, 1000])
+    parser.add_argument("--formats", nargs="+", default=["npy"], choices=["npy", "envi"],
+                        help="how the cubes are stored (envi: BIL, big-endian, as AVIRIS ships them)")
     args = parser.parse_args(argv)
     print(json.dumps({"machine": cpu_name()}), flush=True)
     if "indian_pines" in args.parts:
         print(json.dumps(indian_pines(args.repeats, args.patch_repeats)), flush=True)
     if "scenes" in args.parts:
-        for record in scenes(args.sides):
+        for record in scenes(args.sides, args.formats):
             print(json.dumps(record), flush=True)
     return 0
 

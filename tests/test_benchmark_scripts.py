@@ -28,6 +28,18 @@ def test_scene_phase_reports_peak_memory_and_predicted_pixels(tmp_path, capsys):
     assert "peak RSS" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_scene_maps_from_npy_and_envi_report_anonymous_memory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert _load_script("bench_scene_map").main(["--parts", "scenes", "--sides", "50", "--formats", "npy", "envi"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")][1:]
+    assert [r["format"] for r in records] == ["npy", "envi"]
+    for record in records:
+        assert record["side"] == 50 and record["pixels_per_s"] > 0
+        assert 100 < record["peak_anonymous_mb"] <= record["peak_rss_mb"] < 4000
+    assert not list(tmp_path.iterdir())  # the cubes and the small run are gone
+
+
 def test_bad_arguments_are_refused_with_the_fix(capsys):
     with pytest.raises(SystemExit):
         _load_script().main(["--phases", "scene,typo"])
