@@ -48,13 +48,17 @@ def parse_header(text: str, name: str = "header") -> dict[str, str]:
     return fields
 
 
+def _fields(header: Path) -> dict[str, str]:
+    return parse_header(header.read_text(errors="replace"), str(header))
+
+
 def read(path: str | Path) -> np.ndarray:
     """The raster ``path`` (header or binary) as a (lines, samples, bands) array view of the mapped
     binary; one band gives (lines, samples, 1)."""
     header = header_of(path)
     if header is None:
         raise EnviError(f"no ENVI header for {path}: expected {Path(path).with_suffix('.hdr')}")
-    fields = parse_header(header.read_text(errors="replace"), str(header))
+    fields = _fields(header)
     shape = {key: _integer(fields, key, header) for key in ("samples", "lines", "bands")}
     code = _integer(fields, "data type", header)
     if code not in DTYPES:
@@ -86,7 +90,7 @@ def class_names(path: str | Path) -> tuple[str, ...] | None:
     header = header_of(path)
     if header is None:
         return None
-    listed = parse_header(header.read_text(errors="replace"), str(header)).get("class names", "")
+    listed = _fields(header).get("class names", "")
     names = [name.strip() for name in listed.strip("{}").split(",") if name.strip()]
     return tuple(names[1:]) or None
 
@@ -137,6 +141,6 @@ def write_classification(binary: Path, class_map: np.ndarray, class_names, color
              f"classes = {classes}", f"class names = {{{names}}}", f"class lookup = {{{lookup}}}"]
     header = header_of(source) if source is not None else None
     if header is not None:
-        fields = parse_header(header.read_text(errors="replace"), str(header))
+        fields = _fields(header)
         lines += [f"{key} = {fields[key]}" for key in GEOREFERENCE_FIELDS if key in fields]
     Path(str(binary) + ".hdr").write_text("\n".join(lines) + "\n")

@@ -13,6 +13,7 @@ import dataclasses
 import importlib.resources
 import io
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -88,7 +89,7 @@ def load_scene(
     if class_names is not None and len(class_names) != num_classes:
         raise DataError(f"{len(class_names)} class names given but the ground truth has {num_classes} classes")
     names = class_names or SCENES.get(scene, {}).get("classes", ())
-    if not names and gt_path is not None and Path(gt_path).suffix != ".mat":  # an ENVI classification names them
+    if not names and gt_path is not None and is_envi(gt_path):  # an ENVI classification names them
         listed = envi.class_names(gt_path) or ()
         names = listed[:num_classes] if len(listed) >= num_classes else ()
     if len(names) != num_classes:
@@ -115,7 +116,7 @@ def read_array(path: str | Path, key: str | None, ndim: int) -> np.ndarray:
     try:
         if path.suffix == ".npy":
             return np.load(path, mmap_mode="r")  # mapped: large cubes are read block by block
-        if path.suffix != ".mat" and envi.header_of(path) is not None:
+        if is_envi(path):
             return _read_envi(path, key, ndim)
         if path.suffix != ".mat":
             raise DataError(f"cannot read {path}: expected a .npy or .mat file, or an ENVI raster with its .hdr")
@@ -136,6 +137,11 @@ def read_array(path: str | Path, key: str | None, ndim: int) -> np.ndarray:
         found = ", ".join(f"{k} {np.shape(v)}" for k, v in arrays.items()) or "none"
         raise DataError(f"{path}: {len(candidates)} candidate {ndim}-d arrays ({found}); name one with {flag}")
     return arrays[candidates[0]]
+
+
+def is_envi(path: str | Path) -> bool:
+    """Whether ``read_array`` reads ``path`` as an ENVI raster: not .npy or .mat, a .hdr for it."""
+    return Path(path).suffix not in (".npy", ".mat") and envi.header_of(path) is not None
 
 
 def file_scene_name(path: str | Path) -> str:
@@ -229,13 +235,19 @@ def pca_transform(pca, cube: np.ndarray, nodata: np.ndarray | None = None) -> np
         raise DataError(f"the cube has {bands} bands but the PCA was fitted on {pca.n_features_in_}; "
                         "pass a cube of the same sensor and band selection")
     reduced = np.empty((height, width, pca.n_components_), np.float32)
-    rows = max(1, PCA_BLOCK // width)  # whole rows: a block of a memory-mapped file's view is all that is read
-    for row in range(0, height, rows):
-        block = np.array(cube[row:row + rows], np.float32).reshape(-1, bands)  # a copy: masking writes it
+    for rows in row_blocks(height, width):
+        block = np.array(cube[rows], np.float32).reshape(-1, bands)  # a copy: masking writes it
         if nodata is not None:
-            block[nodata[row:row + rows].reshape(-1)] = 0
-        reduced[row:row + rows] = pca.transform(block).reshape(-1, width, pca.n_components_)
+            block[nodata[rows].reshape(-1)] = 0
+        reduced[rows] = pca.transform(block).reshape(-1, width, pca.n_components_)
     return reduced
+
+
+def row_blocks(height: int, width: int) -> Iterator[slice]:
+    """Blocks of whole rows of about ``PCA_BLOCK`` pixels, the way large cubes are read: a block of
+    a memory-mapped file's view is all that is in memory at once."""
+    rows = max(1, PCA_BLOCK // width)
+    return (slice(row, row + rows) for row in range(0, height, rows))
 
 
 _PCA_FIELDS = ("mean_", "components_", "explained_variance_", "n_components_", "n_features_in_")

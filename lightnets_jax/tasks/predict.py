@@ -99,11 +99,10 @@ def _nodata(cube: np.ndarray, mask_nodata: bool) -> np.ndarray | None:
     """Pixels to leave unclassified (spectrum all zero or not finite) with ``mask_nodata``; without
     it, a DataError if any value is not finite. Read in blocks of rows, like the PCA."""
     finite, empty = np.empty(cube.shape[:2], bool), np.empty(cube.shape[:2], bool)
-    rows = max(1, hsi.PCA_BLOCK // cube.shape[1])
-    for row in range(0, cube.shape[0], rows):
-        block = np.asarray(cube[row:row + rows])
-        finite[row:row + rows] = np.isfinite(block).all(axis=-1)
-        empty[row:row + rows] = ~np.any(np.where(np.isfinite(block), block, 0) != 0, axis=-1)
+    for rows in hsi.row_blocks(*cube.shape[:2]):
+        block = np.asarray(cube[rows])
+        finite[rows] = np.isfinite(block).all(axis=-1)
+        empty[rows] = ~np.any(np.where(np.isfinite(block), block, 0) != 0, axis=-1)
     if not mask_nodata:
         if not finite.all():
             raise hsi.DataError(f"the cube has {int((~finite).sum())} pixels with NaN or inf values; pass "
@@ -118,7 +117,7 @@ def _write(out: Path, overwrite: bool, class_map, labels, class_names, probabili
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     np.save(tmp / "classification_map.npy", class_map)
-    if cube is not None and envi.header_of(cube) is not None:  # an ENVI flight line: a map GIS tools overlay on it
+    if cube is not None and hsi.is_envi(cube):  # an ENVI flight line: a map GIS tools overlay on it
         envi.write_classification(tmp / "classification_map.img", class_map, class_names,
                                   plots.class_colors(len(class_names)), source=Path(cube))
     plots.save_classification_map(tmp / "classification_map.png", class_map, labels, class_names,
