@@ -71,14 +71,14 @@ def _report(args) -> int:
     from lightnets_jax.reports import repeats as tables
 
     folders = [Path(f) for f in args.folders]
-    text = tables.side_by_side(folders, "csv" if args.csv else "markdown")
+    summaries = [tables.load(folder) for folder in folders]
+    names = [tables.column_name(summary, folder) for summary, folder in zip(summaries, folders)]
+    text = tables.side_by_side(summaries, names, "csv" if args.csv else "markdown")
     if args.out:
         Path(args.out).write_text(text)
     if args.plot:
         from lightnets_jax.reports import plots
 
-        summaries = [tables.load(f) for f in folders]
-        names = [tables.column_name(summary, folder) for summary, folder in zip(summaries, folders)]
         plots.save_repeats_summary(Path(args.plot), summaries, names)
     print(text, end="")
     return 0

@@ -111,10 +111,9 @@ def column_name(summary: dict, folder: Path) -> str:
     return f"{summary['model']} {summary['recipe']} ({Path(folder).name}, n={summary['runs']})"
 
 
-def side_by_side(folders: list[Path], fmt: str = "markdown") -> str:
-    """Several runs or repeat folders as one table: a column each, scores and classes as rows."""
-    summaries = [load(f) for f in folders]
-    headers = [column_name(s, f) for s, f in zip(summaries, folders)]
+def side_by_side(summaries: list[dict], headers: list[str], fmt: str = "markdown") -> str:
+    """Several runs' or repeat folders' summaries (``load``) as one table: a column each, under
+    ``headers`` (``column_name``), scores and classes as rows."""
     rows = [["split"] + [" / ".join(protocols(s)) for s in summaries], ["epochs"] + [str(s["epochs"]) for s in summaries],
             # the default recipe's smoothing changed (0 -> 0.1): older summaries lack the field
             ["label smoothing"] + [str(s.get("label_smoothing", "")) for s in summaries]]
