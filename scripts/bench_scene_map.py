@@ -104,17 +104,21 @@ def write_cube(path: Path, side: int, fmt: str) -> Path:
 def run_sampling_memory(command: list[str]) -> int:
     """Run ``command``; its peak anonymous memory in kB (``RssAnon``, sampled every 0.2 s): unlike
     peak RSS it leaves out the pages of a memory-mapped cube, which the kernel can drop."""
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak = 0
-    while child.poll() is None:
-        try:
-            status = Path(f"/proc/{child.pid}/status").read_text()
-            peak = max(peak, int(next(line.split()[1] for line in status.splitlines() if line.startswith("RssAnon"))))
-        except (OSError, StopIteration):
-            pass
-        time.sleep(0.2)
-    if child.returncode:
-        raise subprocess.CalledProcessError(child.returncode, command, stderr=child.stderr.read())
+    # stderr to a file, not a pipe: the progress bars of a large map would fill a pipe nobody reads
+    # while sampling, and the child would block on it.
+    with tempfile.TemporaryFile("w+") as errors:
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors, text=True)
+        peak = 0
+        while child.poll() is None:
+            try:
+                status = Path(f"/proc/{child.pid}/status").read_text().splitlines()
+                peak = max(peak, int(next(line.split()[1] for line in status if line.startswith("RssAnon"))))
+            except (OSError, StopIteration):
+                pass
+            time.sleep(0.2)
+        if child.returncode:
+            errors.seek(0)
+            raise subprocess.CalledProcessError(child.returncode, command, stderr=errors.read())
     return peak
 
 
