@@ -133,6 +133,11 @@ def test_the_library_refuses_what_the_command_line_refuses():
         hyperspectral.make_config(epochs=0)
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got -5"):
         hyperspectral.make_config(batch_size=-5)
+    # A run's settings are refused with the model's limits, under the run's own name, before any data is read.
+    with pytest.raises(ValueError, match="pca_components must be an integer >= 13, got 10"):
+        hyperspectral.make_config(pca_components=10)
+    with pytest.raises(ValueError, match="patch_size must be an odd integer >= 9, got 7"):
+        hyperspectral.make_config(patch_size=7)
 
 
 @pytest.mark.parametrize("args, message", [

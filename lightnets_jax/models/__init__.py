@@ -90,6 +90,14 @@ _OPTION_LIMITS = {
 }
 
 
+def check_options(options: dict[str, Any], names: dict[str, str] | None = None) -> None:
+    """Refuse option values no model can be built with, before any work is done; ``names`` gives
+    the setting an option comes from, for the message (a run's ``pca_components`` is ``bands``)."""
+    for option, limits in _OPTION_LIMITS.items():
+        if option in options:
+            check_range((names or {}).get(option, option), options[option], **limits)
+
+
 def available(task: str | None = None) -> list[str]:
     """The registered model names (of one ``task`` if given)."""
     return sorted(name for name, s in _REGISTRY.items() if task is None or s.task == task)
@@ -117,9 +125,7 @@ def create(name: str, **options: Any) -> nn.Module:
     if unknown:
         raise TypeError(f"model {name!r} has no option {', '.join(unknown)}; its options are: {', '.join(sorted(fields))}")
     options = {**model_spec.defaults, **options}
-    for option, limits in _OPTION_LIMITS.items():
-        if option in options:
-            check_range(option, options[option], **limits)
+    check_options(options)
     options["conv_impl"] = ops.choose_impl(options.get("conv_impl", "fast"), options.get("dtype"))
     return model_spec.build(**options)
 

@@ -70,7 +70,7 @@ class ImageConfig:
         check_range("batch_size", self.batch_size, 1, integer=True)
         check_range("val_size", self.val_size, 1, integer=True)
         check_range("seed", self.seed, 0, integer=True)
-        check_range("width_multiplier", self.width_multiplier, 0, low_open=True)
+        models.check_options({"width_multiplier": self.width_multiplier})
         check_range("label_smoothing", self.label_smoothing, 0, 1, high_open=True)
 
     @classmethod

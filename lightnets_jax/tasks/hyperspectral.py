@@ -65,8 +65,8 @@ class HSIConfig:
             object.__setattr__(self, "class_names", tuple(self.class_names))
         check_range("epochs", self.epochs, 1, integer=True)
         check_range("batch_size", self.batch_size, 1, integer=True)
-        check_range("pca_components", self.pca_components, 1, integer=True)
-        check_range("patch_size", self.patch_size, 1, odd=True)
+        models.check_options({"patch_size": self.patch_size, "bands": self.pca_components},
+                             names={"bands": "pca_components"})
         check_range("test_ratio", self.test_ratio, 0, 1, low_open=True, high_open=True)
         check_range("per_class", self.per_class, 1, integer=True)
         if self.per_class_max_fraction is not None:
