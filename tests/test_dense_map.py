@@ -15,10 +15,11 @@ def _model_and_variables(name, patch_size=11, bands=16, num_classes=5):
     model = models.create(name, patch_size=patch_size, bands=bands, num_classes=num_classes)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((8, patch_size, patch_size, bands), np.float32))
-    variables = model.init(jax.random.key(0), x[:1], train=False)
+    variables = models.init(model, jax.random.key(0))
+    # Compiled once: eager train steps run op by op and took most of this file's time.
+    train_apply = jax.jit(lambda v, x, key: model.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": key}))
     for step in range(3):  # running statistics away from their start, so BatchNorm's folding has work
-        _, updates = model.apply(variables, x * (1 + step) + 0.5, train=True, mutable=["batch_stats"],
-                                 rngs={"dropout": jax.random.key(step)})
+        _, updates = train_apply(variables, x * (1 + step) + 0.5, jax.random.key(step))
         variables = {**variables, **updates}
     return model, variables
 
@@ -101,8 +102,8 @@ def test_indian_pines_dense_map_equals_the_patch_network():
     border = [(r, c) for r in (99, 100) for c in range(145)] + [(r, c) for c in (99, 100) for r in range(145)]
     coords = np.asarray(border + [tuple(p) for p in rng.integers(0, 145, (1024, 2))], np.int32)
     patches = hsi.gather_patches(padded, coords[:, 0], coords[:, 1], 25)
-    logits = np.concatenate([model.apply(variables, jnp.asarray(patches[i:i + 256]), train=False)
-                             for i in range(0, len(coords), 256)])
+    eval_apply = jax.jit(lambda x: model.apply(variables, x, train=False))
+    logits = np.concatenate([eval_apply(jnp.asarray(patches[i:i + 256])) for i in range(0, len(coords), 256)])
     np.testing.assert_array_equal(dense.labels[coords[:, 0], coords[:, 1]], np.argmax(logits, -1))
     np.testing.assert_allclose(dense.probabilities[coords[:, 0], coords[:, 1]].astype(np.float32),
                                jax.nn.softmax(logits, -1), atol=2e-3)
