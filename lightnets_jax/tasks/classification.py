@@ -248,7 +248,7 @@ def _train(config: ImageConfig, workdir: Path, resume: bool, log) -> dict:
         for epoch in range(start_epoch, config.epochs):
             rng = np.random.default_rng([config.seed, epoch])
             order = rng.permutation(n_train)
-            tic, losses, accs = time.time(), [], []
+            tic, losses, accs, rate = time.time(), [], [], records.EpochRate(config.batch_size)
             upcoming = prefetcher.submit(batch_at, order, rng, 0)
             with tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, unit="step") as bar:
                 for i in bar:
@@ -258,10 +258,11 @@ def _train(config: ImageConfig, workdir: Path, resume: bool, log) -> dict:
                     state, metrics = step_fn(state, images, labels)
                     losses.append(metrics["loss"])
                     accs.append(metrics["accuracy"])
-                    if i % 100 == 0:
-                        loss = float(records.checked_losses([metrics["loss"]], epoch, steps, workdir, i)[0])
+                    if i % 100 == 0:  # the note's print, and the stop at the first non-finite loss so far
+                        loss = float(records.checked_losses(losses, epoch, steps, workdir)[-1])
                         bar.write("Epoch: %d Minibatch: %5d loss: %.3f" % (epoch + 1, i + 1, loss))
-                        bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{(i + 1) * config.batch_size / (time.time() - tic):.0f}")
+                    if i % 10 == 0 or i == steps - 1:
+                        bar.set_postfix(rate.postfix(i, float(metrics["loss"])))
             losses = records.checked_losses(losses, epoch, steps, workdir)
             train_seconds = time.time() - tic
             val = accuracy(state, data.val_images, data.val_labels, parallel, config.batch_size, "validate",

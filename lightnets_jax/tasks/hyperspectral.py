@@ -212,7 +212,7 @@ def _train(config: HSIConfig, workdir: Path, resume: bool, log) -> dict:
         order = np.random.default_rng([config.seed, epoch]).permutation(len(split.train))
         symmetry = (hsi.random_symmetries(config.seed, epoch, len(split.train)) if config.augment == "flips"
                     else None)
-        epoch_loss, epoch_acc, tic = [], [], time.time()
+        epoch_loss, epoch_acc, tic, rate = [], [], time.time(), records.EpochRate(batch)
         with tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, unit="step") as bar:
             for i in bar:
                 take = order[i * batch:(i + 1) * batch]
@@ -220,7 +220,7 @@ def _train(config: HSIConfig, workdir: Path, resume: bool, log) -> dict:
                 epoch_loss.append(m["loss"])
                 epoch_acc.append(m["accuracy"])
                 if i == steps - 1 or i % 4 == 0:
-                    bar.set_postfix(loss=f"{float(m['loss']):.4f}", img_s=f"{(i + 1) * batch / (time.time() - tic):.1f}")
+                    bar.set_postfix(rate.postfix(i, float(m["loss"])))
         losses = records.checked_losses(epoch_loss, epoch, steps, workdir)
         total_loss += losses.sum()
         log("[Epoch: %d]   [loss avg: %.4f]   [current loss: %.4f]" % (epoch + 1, total_loss / (epoch + 1), losses[-1]))

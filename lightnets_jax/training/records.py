@@ -1,9 +1,10 @@
-"""What every training run records and checks, written once for both tasks: the per-epoch
-records in ``metrics.jsonl`` and the stop on a non-finite loss."""
+"""What every training run records, shows and checks, written once for both tasks: the per-epoch
+records in ``metrics.jsonl``, the progress bar's rate and the stop on a non-finite loss."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -46,3 +47,23 @@ def checked_losses(losses: Sequence, epoch: int, steps_per_epoch: int, workdir: 
         raise FloatingPointError(f"loss became {losses[bad]} at step {step} (epoch {epoch + 1}); "
                                  f"the last good checkpoint is kept in {workdir}; lower --lr")
     return losses
+
+
+class EpochRate:
+    """The loss and images/s an epoch's progress bar shows. The rate counts from the end of the
+    first step shown: a run's first step compiles, and counting it made a MobileNetV2 epoch read
+    8 img/s for its first hundred steps where it ran at 98."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self.start: float | None = None
+        self.first_step = 0
+
+    def postfix(self, step: int, loss: float) -> dict[str, str]:
+        """For the bar once step ``step`` (0-based in the epoch) has finished, its loss read back."""
+        now = time.perf_counter()
+        if self.start is None:
+            self.start, self.first_step = now, step
+            return {"loss": f"{loss:.4f}"}
+        rate = (step - self.first_step) * self.batch_size / (now - self.start)
+        return {"loss": f"{loss:.4f}", "img_s": f"{rate:.1f}"}
