@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from lightnets_jax.data import hyperspectral as hsi
+from lightnets_jax.data import hyperspectral as hsi, splits
 from lightnets_jax.reports import metrics
 
 
@@ -63,7 +63,7 @@ def test_stratified_split_matches_the_note_and_keeps_every_class():
     from sklearn.model_selection import train_test_split
 
     cube, labels = _scene(30, 30, classes=4)
-    split = hsi.stratified_split(labels, 0.7, seed=345)
+    split = splits.stratified_split(labels, 0.7, seed=345)
     coords, y = hsi.labelled_pixels(labels)
     _, _, y_train, y_test = train_test_split(coords, y, test_size=0.7, random_state=345, stratify=y)
     np.testing.assert_array_equal(split.train_labels, y_train)
@@ -77,7 +77,7 @@ def test_disjoint_split_keeps_test_pixels_out_of_training_patches():
     labels[70:73, 70:73] = 4  # a small class in one corner block
     window = 5
     for seed in range(4):
-        split = hsi.disjoint_split(labels, window, test_ratio=0.7, block=10, seed=seed)
+        split = splits.disjoint_split(labels, window, test_ratio=0.7, block=10, seed=seed)
         assert len(split.train) and len(split.test)
         gap = np.abs(split.train[:, None, :] - split.test[None, :, :]).max(-1)
         assert gap.min() > window // 2  # no training patch of side `window` covers a test pixel
@@ -89,12 +89,12 @@ def test_disjoint_split_keeps_test_pixels_out_of_training_patches():
 def test_disjoint_split_needs_room_for_test_pixels():
     labels = np.ones((12, 12), np.int32)
     with pytest.raises(hsi.DataError, match="no test pixels"):
-        hsi.disjoint_split(labels, 5, test_ratio=0.5, block=12, seed=0)
+        splits.disjoint_split(labels, 5, test_ratio=0.5, block=12, seed=0)
 
 
 def test_per_class_split_counts():
     _, labels = _scene(20, 20, classes=3)
-    split = hsi.per_class_split(labels, 5)
+    split = splits.per_class_split(labels, 5)
     assert np.bincount(split.train_labels).tolist() == [5, 5, 5]
     assert len(split.train) + len(split.test) == int((labels > 0).sum())
 
@@ -104,8 +104,8 @@ def test_per_class_split_caps_small_classes_only_when_asked():
     labels[:6] = 1  # 60 pixels
     labels[6:, :5] = 2  # 20 pixels
     with pytest.raises(hsi.DataError, match="class 2 has 20 pixels, not more than --per-class 30"):
-        hsi.per_class_split(labels, 30)
-    split = hsi.per_class_split(labels, 30, max_fraction=0.5)
+        splits.per_class_split(labels, 30)
+    split = splits.per_class_split(labels, 30, max_fraction=0.5)
     assert np.bincount(split.train_labels).tolist() == [30, 10]
 
 
@@ -187,7 +187,7 @@ def test_bad_scenes_and_options():
     few = np.zeros((6, 6), np.int32)
     few[0, :4], few[1, 0] = 1, 2
     with pytest.raises(hsi.DataError, match=r"class 2 \(1 pixels\)"):
-        hsi.stratified_split(few, 0.5)
+        splits.stratified_split(few, 0.5)
 
 
 def test_bundled_indian_pines_loads():

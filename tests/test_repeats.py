@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lightnets_jax import cli
-from lightnets_jax.data import hyperspectral as hsi
+from lightnets_jax.data import hyperspectral as hsi, splits
 from lightnets_jax.reports import repeats as tables
 from lightnets_jax.tasks import hyperspectral, repeats
 from lightnets_jax.training.engine import OptimizerConfig
@@ -80,7 +80,7 @@ def test_a_per_class_split_asking_more_than_a_class_has_is_refused():
     labels[:2] = 1
     labels[2:3, :4] = 2
     with pytest.raises(hsi.DataError, match="class 2 has 4 pixels, not more than --per-class 5; lower it"):
-        hsi.per_class_split(labels, 5)
+        splits.per_class_split(labels, 5)
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from lightnets_jax import models
 from lightnets_jax.checks import check_range
-from lightnets_jax.data import hyperspectral as hsi
+from lightnets_jax.data import hyperspectral as hsi, splits
 from lightnets_jax.reports import metrics, plots
 from lightnets_jax.tasks import load_run, scene_map
 from lightnets_jax.training import checkpoint, engine, records, workdir_lock
@@ -103,7 +103,7 @@ def scene_name(scene: str | None, cube: str | None) -> str | None:
 @dataclasses.dataclass
 class Prepared:
     scene: hsi.Scene  # its raw cube is dropped once reduced (``cube_shape`` keeps the shape)
-    split: hsi.Split
+    split: splits.Split
     padded: np.ndarray  # (H + S - 1, W + S - 1, bands) float32, PCA-reduced and zero-padded
     cube_shape: tuple[int, int, int]
     pca: object  # the fitted sklearn PCA, saved with the run to prepare other scenes alike
@@ -118,12 +118,12 @@ def prepare(config: HSIConfig) -> Prepared:
     scene = load_scene(config)
     hsi.check_window(config.patch_size, *scene.labels.shape)
     if config.split == "stratified":
-        split = hsi.stratified_split(scene.labels, config.test_ratio, config.split_seed)
+        split = splits.stratified_split(scene.labels, config.test_ratio, config.split_seed)
     elif config.split == "disjoint":
-        split = hsi.disjoint_split(scene.labels, config.patch_size, config.test_ratio, config.disjoint_block,
+        split = splits.disjoint_split(scene.labels, config.patch_size, config.test_ratio, config.disjoint_block,
                                    config.split_seed)
     elif config.split == "per-class":
-        split = hsi.per_class_split(scene.labels, config.per_class, config.split_seed, config.per_class_max_fraction)
+        split = splits.per_class_split(scene.labels, config.per_class, config.split_seed, config.per_class_max_fraction)
     else:
         raise hsi.DataError(f"unknown split {config.split!r}; choose stratified, disjoint or per-class")
     if config.pca_fit not in ("scene", "train"):
