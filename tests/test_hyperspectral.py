@@ -168,6 +168,11 @@ def test_unreadable_file(tmp_path):
         hsi.read_array(tmp_path / "bad.mat", None, ndim=3)
     with pytest.raises(hsi.DataError, match="no such file"):
         hsi.read_array(tmp_path / "missing.npy", None, ndim=3)
+    np.save(tmp_path / "flat.npy", np.zeros((20, 20), np.float32))  # a band, not a cube: refused by its shape
+    with pytest.raises(hsi.DataError, match=r"flat.npy must be a cube \(height, width, bands\), got shape \(20, 20\)"):
+        hsi.read_array(tmp_path / "flat.npy", None, ndim=3)
+    with pytest.raises(hsi.DataError, match=r"the ground truth must be a class map \(height, width\)"):
+        hsi.validate_scene(np.zeros((4, 4, 3)), np.zeros((4, 4, 1)))
 
 
 def test_bad_scenes_and_options():

@@ -106,10 +106,24 @@ def _bundled_indian_pines() -> tuple[np.ndarray, np.ndarray]:
     return np.load(folder / "Indian_pines_corrected.npy"), np.load(folder / "Indian_pines_gt.npy")
 
 
+_RANKS = {3: "a cube (height, width, bands)", 2: "a class map (height, width)"}
+
+
+def check_rank(array, ndim: int, what: str) -> None:
+    """A DataError naming ``what`` unless ``array`` is a cube (``ndim`` 3) or a class map (2)."""
+    if np.ndim(array) != ndim:
+        raise DataError(f"{what} must be {_RANKS[ndim]}, got shape {np.shape(array)}")
+
+
 def read_array(path: str | Path, key: str | None, ndim: int) -> np.ndarray:
     """Read a .npy, .mat (v5 via scipy, v7.3/HDF5 via h5py) or ENVI (.hdr beside a raw binary;
     a class map is its one band) array of the given rank."""
-    path = Path(path)
+    array = _read_array(Path(path), key, ndim)
+    check_rank(array, ndim, str(path))
+    return array
+
+
+def _read_array(path: Path, key: str | None, ndim: int) -> np.ndarray:
     if path.is_dir():
         raise DataError(f"cannot read {path}: it is a folder; pass the file itself (.npy, .mat or ENVI .hdr)")
     if not path.is_file():
@@ -186,10 +200,8 @@ def _read_mat(path: Path) -> dict[str, np.ndarray]:
 
 def validate_scene(cube: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     cube, gt = np.asarray(cube), np.asarray(gt)
-    if cube.ndim != 3:
-        raise DataError(f"the cube must be (height, width, bands), got shape {cube.shape}")
-    if gt.ndim != 2:
-        raise DataError(f"the ground truth must be (height, width), got shape {gt.shape}")
+    check_rank(cube, 3, "the cube")
+    check_rank(gt, 2, "the ground truth")
     if cube.shape[:2] != gt.shape:
         raise DataError(f"cube {cube.shape[:2]} and ground truth {gt.shape} differ in height/width; pass matching files")
     cube = cube.astype(np.float32, copy=False)  # no second copy of a cube that is float32 already
