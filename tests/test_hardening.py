@@ -107,6 +107,20 @@ def test_resume_sets_damaged_checkpoints_aside(tmp_path):
     assert checkpoint.restore(tmp_path, {"w": np.zeros(5000, np.float32)})[1] == 2
 
 
+def test_resume_with_other_settings_names_each_one_that_differs(tmp_path):
+    import dataclasses
+
+    config = hyperspectral.make_config(epochs=20)
+    checkpoint.save(tmp_path, _state(1), 1)
+    checkpoint.write_json(tmp_path / "config.json", dataclasses.asdict(config))
+    lr = config.optimizer.learning_rate
+    other = dataclasses.replace(config, epochs=30, optimizer=dataclasses.replace(config.optimizer, learning_rate=lr * 10))
+    with pytest.raises(ValueError, match=rf"\(epochs 20 -> 30, optimizer.learning_rate {lr!r} -> {lr * 10!r}\); "
+                                         "pass the run's own settings"):
+        checkpoint.start_or_resume(tmp_path, other, _state(0), resume=True)
+    assert checkpoint.start_or_resume(tmp_path, config, _state(0), resume=True, log=lambda *_: None)[1] == 1
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "hybridsn", "--batch-size", "-5"], "argument --batch-size: must be an integer >= 1, got -5"),
     (["train", "mobilenet_v1", "--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got 0"),

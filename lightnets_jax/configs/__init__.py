@@ -48,3 +48,16 @@ def load(name_or_path: str) -> Any:
 def override(config: Any, **options: Any) -> Any:
     """``config`` with every option that is not None replaced (command-line flags over a config)."""
     return dataclasses.replace(config, **{k: v for k, v in options.items() if v is not None})
+
+
+def flat_settings(config: Any) -> dict[str, Any]:
+    """A run config (dataclass or its ``config.json`` dict) as one level of settings, nested ones
+    dotted (``optimizer.learning_rate``): what tables and messages name a setting by."""
+    config = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in flat_settings(value).items()})
+        else:
+            flat[key] = value
+    return flat

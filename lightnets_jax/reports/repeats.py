@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lightnets_jax.configs import flat_settings
+
 SCORES = (("OA", "overall_accuracy"), ("AA", "average_accuracy"), ("Kappa", "kappa"))
 TIMES = (("train s", "train_wall_seconds"), ("predict s", "predict_seconds"))
 
@@ -91,19 +93,9 @@ _NOT_SETTING_ROWS = {"model", "recipe", "seed", "split_seed", "epochs", "label_s
 def differing_settings(summaries: list[dict]) -> dict[str, list[str]]:
     """The run settings (``optimizer.learning_rate`` for nested ones) whose values are not the
     same in every summary, each with its value per summary ("" where a summary predates them)."""
-    flat = [_flatten(s.get("config", {})) for s in summaries]
+    flat = [flat_settings(s.get("config", {})) for s in summaries]
     keys = [k for k in dict.fromkeys(k for f in flat for k in f) if k not in _NOT_SETTING_ROWS]
     return {k: ["" if k not in f else str(f[k]) for f in flat] for k in keys if len({str(f.get(k)) for f in flat}) > 1}
-
-
-def _flatten(config: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
 
 
 def column_name(summary: dict, folder: Path) -> str:

@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 import orbax.checkpoint as ocp
 
+from lightnets_jax.configs import flat_settings
+
 LATEST, BEST = "checkpoints", "best"
 
 
@@ -141,8 +143,11 @@ def start_or_resume(workdir: Path, config: Any, state: Any, resume: bool, log: C
     if resume and latest_epoch(workdir) is not None:
         saved = config_from_json(type(config), json.loads((workdir / "config.json").read_text()))
         if saved != config:
-            raise ValueError(f"--resume with a different configuration than {workdir / 'config.json'}; "
-                             "drop --resume or use the same options")
+            before, after = flat_settings(saved), flat_settings(config)
+            changed = ", ".join(f"{k} {before.get(k)!r} -> {after.get(k)!r}" for k in {**before, **after}
+                                if before.get(k) != after.get(k))
+            raise ValueError(f"--resume with settings that differ from {workdir / 'config.json'} ({changed}); "
+                             "pass the run's own settings, or drop --resume and choose another --workdir")
         state, start_epoch = restore(workdir, state, log=log)
         if set_aside(workdir, start_epoch):
             log(f"damaged checkpoints moved to {workdir / 'damaged'}")
