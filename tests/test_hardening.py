@@ -155,6 +155,17 @@ def test_the_library_refuses_what_the_command_line_refuses():
 
 
 @pytest.mark.parametrize("args, message", [
+    (["train", "mobilenet_v1", "--scene", "salinas"], "--scene: only for hyperspectral training, and mobilenet_v1 trains on cifar10"),
+    (["train", "mobilenet_v2", "--seeds", "0-2", "--patch-size", "9"], "--seeds, --patch-size: only for hyperspectral training"),
+    (["train", "hybridsn", "--weights", "w.safetensors", "--val-size", "10"],
+     "--val-size, --weights: only for image training, and hybridsn trains on indian_pines here; drop them"),
+])
+def test_flags_the_other_kind_of_training_would_ignore_are_refused_by_name(args, message, capsys):
+    assert cli.main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
     (["summary", "mobilenet_v1", "--options", '{"width_multiplier": -1}'], "width_multiplier must be a number > 0"),
     (["summary", "mobilenet_v1", "--options", "[1,2]"], "--options must be a JSON object"),
     (["summary", "mobilenet_v2", "--options", '{"input_size": 8}'], "leaves a 1x1 map for its 4x4 average pool"),

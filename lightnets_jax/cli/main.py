@@ -27,6 +27,7 @@ def _train(args) -> int:
         dataset = base.dataset if isinstance(base, classification.ImageConfig) else "indian_pines"
         if args.dataset and args.dataset != dataset:
             raise ValueError(f"--config {args.config} is a {dataset} recipe, not --dataset {args.dataset}")
+    _check_task_flags(args, "image" if dataset in ("cifar10", "folder") else "hyperspectral", dataset)
     if dataset in ("cifar10", "folder"):
         return _train_images(args, base or configs.load("cifar10" if dataset == "cifar10" else "finetune"))
     hyperspectral_models = models.available(models.HYPERSPECTRAL)
@@ -51,6 +52,15 @@ def _train(args) -> int:
     print("OA %.2f  AA %.2f  Kappa %.2f  (train %.0f s)" % (report["overall_accuracy"], report["average_accuracy"],
                                                           report["kappa"], report["train_wall_seconds"]))
     return 0
+
+
+def _check_task_flags(args, task: str, dataset: str) -> None:
+    """Refuse the flags that only the other kind of training reads, naming them."""
+    other = "image" if task == "hyperspectral" else "hyperspectral"
+    given = [flag for flag, dest, default in args.task_only[other] if getattr(args, dest) != default]
+    if given:
+        raise ValueError(f"{', '.join(given)}: only for {other} training, and {args.model} trains on {dataset} here; "
+                         "drop " + ("it" if len(given) == 1 else "them"))
 
 
 def _train_repeats(args, config) -> int:
@@ -281,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("model", help=f"one of: {', '.join(models.available())}")
     train.add_argument("--config", help=f"a recipe from lightnets_jax/configs ({', '.join(configs.available())}) "
                        "or a .py file with get_config(); the flags below override it")
-    train.add_argument("--recipe", default="default", choices=list(configs.RECIPES),
+    recipe = train.add_argument("--recipe", default="default", choices=list(configs.RECIPES),
                        help="HybridSN: 'note' = --config hybridsn_note (the study note's recipe exactly); "
                        "'default' = the model's own config, hybridsn or hybridsn_bn (ours, see README)")
     train.add_argument("--workdir", help="where checkpoints and reports go (default runs/MODEL_SCENE_seedN)")
@@ -297,9 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weight-decay", type=argument(float, low=0))
     train.add_argument("--nesterov", action=argparse.BooleanOptionalAction, help="SGD with Nesterov momentum")
     train.add_argument("--label-smoothing", type=argument(float, low=0, high=1, high_open=True))
-    train.add_argument("--val-size", type=POSITIVE_INT, help="CIFAR-10: training images held out to pick the best checkpoint")
+    val_size = train.add_argument("--val-size", type=POSITIVE_INT, help="CIFAR-10: training images held out to pick the best checkpoint")
     train.add_argument("--bf16", action="store_true", help="bfloat16 compute, float32 parameters")
-    train.add_argument("--init", choices=["torch", "glorot"], help="weight initialization")
+    init = train.add_argument("--init", choices=["torch", "glorot"], help="HybridSN: weight initialization")
     train.add_argument("--seed", type=argument(low=0), help="initialization, dropout and shuffling seed")
     train.add_argument("--data-dir", help="CIFAR-10: folder with cifar-10-batches-py/ (or $LIGHTNETS_CIFAR10_DIR; "
                        "default ./data, the note's torchvision root); "
@@ -343,7 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="flips: each training patch flipped or transposed at random, a new draw each epoch")
     hsi.add_argument("--no-map", action="store_true",
                      help="write no full-scene map (the test pixels are predicted the cheaper way, dense or by patch)")
-    train.set_defaults(func=_train)
+    # Flags one kind of training reads and the other would silently ignore: refused there (_check_task_flags).
+    task_only = {"hyperspectral": [recipe, init, *repeat._group_actions, *hsi._group_actions],
+                 "image": [val_size, *folder._group_actions, *multi._group_actions]}
+    train.set_defaults(func=_train, task_only={task: [(a.option_strings[0], a.dest, a.default) for a in actions]
+                                               for task, actions in task_only.items()})
 
     evaluate = sub.add_parser("evaluate", help="re-create the report from a workdir's latest checkpoint")
     evaluate.add_argument("--workdir", required=True)
