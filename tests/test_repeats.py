@@ -61,6 +61,10 @@ def test_report_puts_folders_side_by_side(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[1:5] == ["split,stratified(test_ratio=0.9)", "epochs,3",
                                                           "label smoothing,0.0", "OA,97.00"]
     assert cli.main(["report", str(tmp_path / "nothing")]) == 2
+    (tmp_path / "cifar").mkdir()  # an image run's report has classes too, but one test accuracy
+    (tmp_path / "cifar" / "report.json").write_text(json.dumps({"test_accuracy": 85.0, "class_names": ["cat"], "config": {}}))
+    assert cli.main(["report", str(tmp_path / "cifar")]) == 2
+    assert "cifar is not a hyperspectral run (its report has no overall accuracy)" in capsys.readouterr().err
 
 
 def test_seeds_are_parsed_and_move_the_split_unless_fixed():

@@ -74,8 +74,9 @@ def load(folder: Path) -> dict:
         return summary
     if (folder / "report.json").is_file():
         report = json.loads((folder / "report.json").read_text())
-        if "class_names" not in report:
-            raise ValueError(f"{folder} is not a hyperspectral run (its report has no classes)")
+        if "overall_accuracy" not in report:  # a CIFAR-10 or image-folder run: one test accuracy, no OA/AA/Kappa
+            raise ValueError(f"{folder} is not a hyperspectral run (its report has no overall accuracy); "
+                             "lightnets report compares hyperspectral runs and repeat folders")
         return summarize([report], [report["config"]["seed"]])
     raise FileNotFoundError(f"{folder} holds neither summary.json (lightnets train --repeats) nor report.json")
 
