@@ -102,7 +102,7 @@ def _nodata(cube: np.ndarray, mask_nodata: bool) -> np.ndarray | None:
     for rows in hsi.row_blocks(*cube.shape[:2]):
         block = np.asarray(cube[rows])
         finite[rows] = np.isfinite(block).all(axis=-1)
-        empty[rows] = ~np.any(np.where(np.isfinite(block), block, 0) != 0, axis=-1)
+        empty[rows] = ~np.any(block != 0, axis=-1)  # NaN != 0: such pixels are caught by ``finite``
     if not mask_nodata:
         if not finite.all():
             raise hsi.DataError(f"the cube has {int((~finite).sum())} pixels with NaN or inf values; pass "
