@@ -55,6 +55,23 @@ def test_resume_ends_with_the_same_parameters_and_eval_is_deterministic(tiny_cif
     assert classification.evaluate(tmp_path / "straight", log=quiet)["test_accuracy"] == first
 
 
+def test_the_report_is_of_the_checkpoint_validation_picked(tiny_cifar, tmp_path):
+    quiet = lambda *_: None
+    config, workdir = _config(tiny_cifar, epochs=2), tmp_path / "run"
+    report = classification.train(config, workdir, log=quiet)
+    assert report["checkpoint_epoch"] == checkpoint.latest_epoch(workdir, checkpoint.BEST)
+    # As if validation had peaked at epoch 1: the report and the run's model must be epoch 1's, not the last.
+    first, _ = checkpoint.restore(workdir, classification._state(config, 4, 10), epoch=1)
+    shutil.rmtree(workdir / checkpoint.BEST)
+    checkpoint.save(workdir, first, 1, keep=1, folder=checkpoint.BEST)
+    assert classification.evaluate(workdir, log=quiet)["checkpoint_epoch"] == 1
+    _, variables, epoch = classification.trained_model(workdir, config)
+    assert epoch == 1
+    picked, expected = traverse_util.flatten_dict(variables["params"]), traverse_util.flatten_dict(first.params)
+    for key in expected:
+        np.testing.assert_array_equal(picked[key], expected[key], err_msg=str(key))
+
+
 def test_tiny_model_overfits_tiny_data():
     import jax
     import jax.numpy as jnp

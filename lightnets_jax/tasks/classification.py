@@ -278,33 +278,39 @@ def _train(config: ImageConfig, workdir: Path, resume: bool, log) -> dict:
                 checkpoint.save(workdir, state, epoch + 1, keep=1, folder=checkpoint.BEST)
             records.append(workdir, record, history)
     plots.save_training_curves(workdir / "training_curves.png", history)
-    report = evaluate(workdir, state=state, config=config, data=data, log=log)
+    report = evaluate(workdir, config=config, data=data, log=log)  # the checkpoint validation picked
     report["wall_seconds"] = time.time() - tic_run
     checkpoint.write_json(workdir / "report.json", report)
     return report
 
 
+def restore_selected(workdir: Path, target) -> tuple:
+    """(state, epoch) of the checkpoint a run stands for: the best by validation accuracy, or the
+    newest where there is none (a run killed before its first epoch ended has neither)."""
+    folder = checkpoint.BEST if checkpoint.latest_epoch(workdir, checkpoint.BEST) is not None else checkpoint.LATEST
+    return checkpoint.restore(workdir, target, folder=folder)
+
+
 def trained_model(workdir: Path, config: ImageConfig) -> tuple:
-    """(model, eval variables, epoch) of the run's newest checkpoint that restores."""
+    """(model, eval variables, epoch) of the run's selected checkpoint (``restore_selected``)."""
     num_classes = len(class_names(workdir, config))
-    state, epoch = checkpoint.restore(workdir, _state(config, 1, num_classes))
+    state, epoch = restore_selected(workdir, _state(config, 1, num_classes))
     return _model(config, num_classes), {"params": state.params, "batch_stats": state.batch_stats}, epoch
 
 
-def evaluate(workdir: Path, state=None, config: ImageConfig | None = None, data: ImageData | None = None,
-             log=print) -> dict:
+def evaluate(workdir: Path, config: ImageConfig | None = None, data: ImageData | None = None, log=print) -> dict:
+    """The test accuracy of the run's selected checkpoint (``restore_selected``), into report.json."""
     workdir = Path(workdir)
     config = config or load_run(workdir)[1]
     data = data or load_data(config)
     parallel = DataParallel()
-    if state is None:
-        steps = len(data.train_labels) // config.batch_size
-        state, _ = checkpoint.restore(workdir, _state(config, steps, len(data.classes)))
+    steps = len(data.train_labels) // config.batch_size
+    state, epoch = restore_selected(workdir, _state(config, steps, len(data.classes)))
     state = parallel.replicate(state)
     test = accuracy(state, data.test_images, data.test_labels, parallel, config.batch_size, "test", data.normalize)
-    log(f"Accuracy of the network on the {len(data.test_labels)} test images: %.2f %%" % test)
+    log(f"Accuracy of the network on the {len(data.test_labels)} test images: %.2f %% (epoch {epoch})" % test)
     history = records.read_history(workdir)
-    report = {"test_accuracy": test, "epochs": len(history), "config": dataclasses.asdict(config),
+    report = {"test_accuracy": test, "checkpoint_epoch": epoch, "epochs": len(history), "config": dataclasses.asdict(config),
               "class_names": list(data.classes), "train_seconds": sum(h["seconds"] for h in history),
               "history": history, "device": f"{parallel.device_count} x {jax.devices()[0].device_kind}"}
     checkpoint.write_json(workdir / "report.json", report)
