@@ -68,6 +68,26 @@ def test_train_resume_and_evaluate_reproduce(scene_files, tmp_path):
     assert report["confusion_matrix"] == straight["confusion_matrix"]
 
 
+def test_a_run_killed_just_after_a_checkpoint_resumes_with_every_epoch_recorded(scene_files, tmp_path, monkeypatch):
+    from lightnets_jax.training import checkpoint
+
+    save = checkpoint.save
+
+    def save_then_die(workdir, state, epoch, *args, **kwargs):
+        path = save(workdir, state, epoch, *args, **kwargs)
+        if epoch == 1:
+            raise KeyboardInterrupt  # the kill lands the moment epoch 1's checkpoint is complete
+        return path
+
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        hyperspectral.train(_config(scene_files), tmp_path / "run", log=lambda *_: None)
+    monkeypatch.setattr(checkpoint, "save", save)
+    hyperspectral.train(_config(scene_files), tmp_path / "run", resume=True, log=lambda *_: None)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
 def test_flips_change_training_and_resume_exactly(scene_files, tmp_path):
     from lightnets_jax.training import checkpoint
 

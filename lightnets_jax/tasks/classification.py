@@ -272,11 +272,11 @@ def _train(config: ImageConfig, workdir: Path, resume: bool, log) -> dict:
                       "seconds": train_seconds, "images_per_s": steps * config.batch_size / train_seconds}
             log(f"epoch {epoch + 1}: loss {record['train_loss']:.3f}, validation {val:.2f}%, "
                 f"{record['images_per_s']:.0f} img/s")
-            checkpoint.save(workdir, state, epoch + 1)
+            records.append(workdir, record, history)  # before the checkpoints: see records.append
             if val > best:
                 best = val
                 checkpoint.save(workdir, state, epoch + 1, keep=1, folder=checkpoint.BEST)
-            records.append(workdir, record, history)
+            checkpoint.save(workdir, state, epoch + 1)
     plots.save_training_curves(workdir / "training_curves.png", history)
     report = evaluate(workdir, config=config, data=data, log=log)  # the checkpoint validation picked
     report["wall_seconds"] = time.time() - tic_run

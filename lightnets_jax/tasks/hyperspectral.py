@@ -227,8 +227,8 @@ def _train(config: HSIConfig, workdir: Path, resume: bool, log) -> dict:
         record = {"epoch": epoch + 1, "steps": steps, "train_loss": float(losses.mean()),
                   "train_accuracy": 100 * float(np.mean(jax.device_get(epoch_acc))),
                   "seconds": time.time() - tic}
+        records.append(workdir, record, history)  # before the checkpoint: see records.append
         checkpoint.save(workdir, state, epoch + 1)
-        records.append(workdir, record, history)
     train_seconds = time.time() - t0
     plots.save_training_curves(workdir / "training_curves.png", history)
     report = evaluate(workdir, state=state, prepared=prepared, config=config, log=log)

@@ -30,7 +30,10 @@ def read_history(workdir: Path, upto_epoch: int | None = None) -> list[dict]:
 
 
 def append(workdir: Path, record: dict, history: list[dict]) -> None:
-    """Add one epoch's record to ``metrics.jsonl`` and to ``history``."""
+    """Add one epoch's record to ``metrics.jsonl`` and to ``history``. Call it before the epoch's
+    checkpoint is saved: a run killed between the two then resumes from the epoch before, whose
+    ``read_history`` drops the record, and trains the epoch again; the other way round it resumed
+    past an epoch with no record (missing from the curves, the report's epochs and seconds)."""
     with open(Path(workdir) / METRICS, "a") as f:
         f.write(json.dumps(record) + "\n")
     history.append(record)
