@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(task_only={task: [(a.option_strings[0], a.dest, a.default) for a in actions]
                                                for task, actions in task_only.items()})
 
-    evaluate = sub.add_parser("evaluate", help="re-create the report from a workdir's latest checkpoint")
+    evaluate = sub.add_parser("evaluate", help="re-create the report from a workdir's checkpoint (the latest; an image "
+                              "run's best by validation)")
     evaluate.add_argument("--workdir", required=True)
 
     predict = sub.add_parser("predict", help="map a whole scene with a trained HybridSN run")
@@ -119,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="a model as ONNX or serialized StableHLO (jax.export), batch size symbolic")
     export.add_argument("model", nargs="?", help="a registered model, with its initial weights, --weights, or --workdir")
-    export.add_argument("--workdir", help="a training run: its latest checkpoint's weights")
+    export.add_argument("--workdir", help="a training run: its latest checkpoint's weights (an image run's best by "
+                        "validation)")
     export.add_argument("--weights", help="with MODEL: a .safetensors/.pth file (the note's, torchvision's or timm's "
                         "layout) or a training workdir")
     export.add_argument("--format", choices=["onnx", "stablehlo"], help="default: onnx for an --out ending in .onnx, else stablehlo")
