@@ -45,6 +45,7 @@ def test_train_resume_and_evaluate_reproduce(scene_files, tmp_path):
     assert straight["per_class_accuracy"] == pytest.approx((100 * np.diag(confusion) / 24).tolist())
     assert (tmp_path / "straight" / "classification_map.png").exists()
     assert len((tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert straight["checkpoint_epoch"] == 2
 
     # 1 epoch, then resume to 2: the same final predictions as the straight run.
     config = _config(scene_files)
@@ -65,7 +66,7 @@ def test_train_resume_and_evaluate_reproduce(scene_files, tmp_path):
     assert cli.main(["evaluate", "--workdir", str(tmp_path / "straight")]) == 0
     np.testing.assert_array_equal(np.load(tmp_path / "straight" / "test_predictions.npy"), before)
     report = json.loads((tmp_path / "straight" / "report.json").read_text())
-    assert report["confusion_matrix"] == straight["confusion_matrix"]
+    assert report["confusion_matrix"] == straight["confusion_matrix"] and report["checkpoint_epoch"] == 2
 
 
 def test_a_run_killed_just_after_a_checkpoint_resumes_with_every_epoch_recorded(scene_files, tmp_path, monkeypatch):

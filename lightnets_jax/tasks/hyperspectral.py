@@ -248,7 +248,9 @@ def evaluate(workdir: Path, state=None, prepared: Prepared | None = None, config
     split, scene = prepared.split, prepared.scene
     if state is None:
         steps = _steps_per_epoch(config, len(split.train))
-        state, _ = checkpoint.restore(workdir, initial_state(config, prepared.scene.num_classes, steps))
+        state, epoch = checkpoint.restore(workdir, initial_state(config, prepared.scene.num_classes, steps))
+    else:  # the training loop's state: its newest checkpoint
+        epoch = checkpoint.latest_epoch(workdir)
     checkpoint.atomic_write(workdir / PREPROCESSING, hsi.pca_archive(prepared.pca, config.patch_size))
     tic = time.time()
     model = build_model(config, scene.num_classes)
@@ -273,7 +275,7 @@ def evaluate(workdir: Path, state=None, prepared: Prepared | None = None, config
             f"(absent: {absent})")
     report = {**result, "class_names": names, "confusion_matrix": confusion.tolist(), "split": split.describe(),
               "config": dataclasses.asdict(config), "predict_seconds": predict_seconds,
-              "device": jax.devices()[0].device_kind}
+              "device": jax.devices()[0].device_kind, "checkpoint_epoch": epoch}
     np.save(workdir / "test_predictions.npy", test_pred)
     if config.predict_map:
         np.save(workdir / "classification_map.npy", full)
