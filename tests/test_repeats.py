@@ -87,6 +87,23 @@ def test_a_per_class_split_asking_more_than_a_class_has_is_refused():
         splits.per_class_split(labels, 5)
 
 
+def test_only_a_report_of_all_the_epochs_counts_a_seed_finished(tmp_path):
+    import dataclasses
+
+    config = hyperspectral.make_config(epochs=20, seed=3)
+    write = lambda report: (tmp_path / "report.json").write_text(json.dumps(report))
+    stored = json.loads(json.dumps(dataclasses.asdict(config)))
+    assert repeats.finished_report(tmp_path, config) is None  # no report yet
+    write({"config": stored, "checkpoint_epoch": 12})  # `lightnets evaluate` on a run killed at epoch 12
+    assert repeats.finished_report(tmp_path, config) is None
+    write({"config": {**stored, "epochs": 30}, "checkpoint_epoch": 30})  # another recipe's run
+    assert repeats.finished_report(tmp_path, config) is None
+    write({"config": stored, "checkpoint_epoch": 20})
+    assert repeats.finished_report(tmp_path, config)["checkpoint_epoch"] == 20
+    write({"config": stored})  # a report from before checkpoint_epoch was recorded
+    assert repeats.finished_report(tmp_path, config) is not None
+
+
 @pytest.mark.slow
 def test_a_killed_repeat_run_resumes_skipping_finished_seeds_and_seeds_repeat_exactly(tmp_path):
     write_tiny_scene(tmp_path)

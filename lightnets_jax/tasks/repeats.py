@@ -58,6 +58,20 @@ def device_slots() -> list[dict[str, str]]:
     return [{"CUDA_VISIBLE_DEVICES": ordinal} for ordinal in ordinals[:jax.local_device_count()]]
 
 
+def finished_report(run_dir: Path, config: hyperspectral.HSIConfig) -> dict | None:
+    """The report of a run of ``config`` that trained all its epochs, else None: a report can also
+    come from ``lightnets evaluate`` on a run killed part way (reports before checkpoint_epoch
+    was recorded count as finished)."""
+    path = run_dir / "report.json"
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    wanted = json.loads(json.dumps(dataclasses.asdict(config)))  # as report.json stores it
+    if report["config"] != wanted or report.get("checkpoint_epoch", config.epochs) != config.epochs:
+        return None
+    return report
+
+
 def train(config: hyperspectral.HSIConfig, workdir: Path, seeds: list[int], fixed_split: bool = False,
           resume: bool = False, log=print) -> dict:
     """Train every seed not finished yet (all of them unless ``resume``), then write the summary."""
@@ -68,11 +82,10 @@ def train(config: hyperspectral.HSIConfig, workdir: Path, seeds: list[int], fixe
     reports, pending = {}, []
     for seed in seeds:
         run_dir, run_config = workdir / f"seed_{seed}", seed_config(config, seed, fixed_split)
-        report_path = run_dir / "report.json"
-        wanted = json.loads(json.dumps(dataclasses.asdict(run_config)))  # as report.json stores it
-        if report_path.is_file() and json.loads(report_path.read_text())["config"] == wanted:
+        report = finished_report(run_dir, run_config)
+        if report is not None:
             log(f"seed {seed}: finished, skipped")
-            reports[seed] = json.loads(report_path.read_text())
+            reports[seed] = report
         else:
             pending.append((seed, run_dir, run_config))
     slots = device_slots()
