@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     task_only = {"hyperspectral": [recipe, init, *repeat._group_actions, *hsi._group_actions],
                  "image": [val_size, *folder._group_actions, *multi._group_actions]}
     train.set_defaults(task_only={task: [(a.option_strings[0], a.dest, a.default) for a in actions]
-                                               for task, actions in task_only.items()})
+                                  for task, actions in task_only.items()})
 
     evaluate = sub.add_parser("evaluate", help="re-create the report from a workdir's checkpoint (the latest; an image "
                               "run's best by validation)")

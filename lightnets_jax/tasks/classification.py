@@ -310,8 +310,9 @@ def evaluate(workdir: Path, config: ImageConfig | None = None, data: ImageData |
     test = accuracy(state, data.test_images, data.test_labels, parallel, config.batch_size, "test", data.normalize)
     log(f"Accuracy of the network on the {len(data.test_labels)} test images: %.2f %% (epoch {epoch})" % test)
     history = records.read_history(workdir)
-    report = {"test_accuracy": test, "checkpoint_epoch": epoch, "epochs": len(history), "config": dataclasses.asdict(config),
-              "class_names": list(data.classes), "train_seconds": sum(h["seconds"] for h in history),
-              "history": history, "device": f"{parallel.device_count} x {jax.devices()[0].device_kind}"}
+    report = {"test_accuracy": test, "checkpoint_epoch": epoch, "epochs": len(history),
+              "config": dataclasses.asdict(config), "class_names": list(data.classes),
+              "train_seconds": sum(h["seconds"] for h in history), "history": history,
+              "device": f"{parallel.device_count} x {jax.devices()[0].device_kind}"}
     checkpoint.write_json(workdir / "report.json", report)
     return report
